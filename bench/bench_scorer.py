@@ -1,0 +1,179 @@
+"""Scorer throughput: users scored per second by LocalScorer (CPU) vs a numpy baseline.
+
+For catalogs of 10k and 100k items (d=64, K=20) and batch sizes 1..4096 (powers of 4) this
+measures, in one run on the same machine:
+
+* ``local``: LocalScorer.recommend on a ScoreBatch (encode + SavedModel `recommend` signature:
+  inner-product retrieval over all items, top-50 candidates, the network on them, top-K;
+  + decode into Recommended objects);
+* ``signature``: the same signature called directly on ready tensors (no encode/decode);
+* ``tf_retrieval``: retrieval only in TF (matmul + top_k), the work the baseline does;
+* ``numpy``: the baseline, numpy matmul + argpartition + sort of the top K.
+
+Ratios are against ``numpy``. The baseline does less work (no network, no category or
+popularity terms, no exclusion, no Python objects), so ``tf_retrieval / numpy`` is the
+like-for-like figure. Writes bench/results/scorer.json.
+
+Run: ``python bench/bench_scorer.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from models.export import ModelArtifacts, export_version
+from models.ranker import DenseStack, feature_names
+from models.scoring import LocalScorer, ScoreBatch, encode_batch
+
+D, K, N_CAT = 64, 20, 1000
+RESULTS = Path(__file__).resolve().parent / "results" / "scorer.json"
+
+
+def artifacts(n_items: int, seed: int = 0) -> ModelArtifacts:
+    """A model of the production shape with random weights (throughput does not care)."""
+    rng = np.random.default_rng(seed)
+    f = len(feature_names(D))
+    sizes = [f, 64, 32, 1]
+    net = DenseStack(
+        [rng.normal(0, 0.1, (a, b)).astype(np.float32) for a, b in itertools.pairwise(sizes)],
+        [np.zeros(b, np.float32) for b in sizes[1:]],
+    )
+    return ModelArtifacts(
+        item_ids=[f"i{k}" for k in range(n_items)],
+        item_categories=[f"c{k % N_CAT}" for k in range(n_items)],
+        categories=[*(f"c{k}" for k in range(N_CAT)), "__other__"],
+        popularity=rng.random(n_items).astype(np.float32) * 5,
+        embeddings=rng.normal(0, 0.1, (n_items, D)).astype(np.float32),
+        network=net,
+        num_candidates=50,
+        top_k=K,
+    )
+
+
+def batch(b: int, seed: int) -> ScoreBatch:
+    rng = np.random.default_rng(seed)
+    cats = []
+    for _ in range(b):
+        names = [f"c{int(c)}" for c in rng.integers(0, N_CAT, 10)]
+        cats.append(
+            ({c: float(rng.random()) for c in names[:3]}, {c: float(rng.random()) for c in names})
+        )
+    excl = [{f"i{int(i)}" for i in rng.integers(0, 1000, 5)} for _ in range(b)]
+    return ScoreBatch(
+        [f"u{n}" for n in range(b)], rng.normal(size=(b, 2, D)).astype(np.float32), cats, excl, K
+    )
+
+
+def rate(fn: Callable[[], object], users: int, min_s: float, max_reps: int = 200) -> float:
+    """Users per second, best of repeated runs after one warm-up call."""
+    fn()
+    best, spent, reps = float("inf"), 0.0, 0
+    while (spent < min_s or reps < 2) and reps < max_reps:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best, spent, reps = min(best, dt), spent + dt, reps + 1
+        if dt > 5 * min_s:
+            break
+    return users / best
+
+
+def numpy_topk(emb: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    scores = (vec[:, 0] + vec[:, 1]) @ emb.T
+    part = np.argpartition(-scores, K, axis=1)[:, :K]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="LocalScorer throughput vs numpy baseline")
+    ap.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timing")
+    args = ap.parse_args()
+    import tensorflow as tf
+
+    sizes = [1, 16, 256, 4096] if args.quick else [4**p for p in range(7)]
+    min_s = 0.2 if args.quick else 0.5
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_items in (10_000, 100_000):
+            art = artifacts(n_items)
+            path = export_version(art, Path(tmp) / f"m{n_items}")
+            scorer = LocalScorer(path.parent, watch=False)
+            sig = scorer._current.run  # the signature on ready tensors
+            emb_t = tf.constant(art.embeddings)
+
+            @tf.function(reduce_retracing=True)
+            def tf_retrieval(s, lo, emb=emb_t):
+                return tf.math.top_k(tf.matmul(s + lo, emb, transpose_b=True), k=K).indices
+
+            for b in sizes:
+                sb = batch(b, seed=b)
+                enc = encode_batch(sb, scorer._current.view)
+                s, lo = tf.constant(sb.vectors[:, 0]), tf.constant(sb.vectors[:, 1])
+                r = {
+                    "local": rate(lambda sb=sb, sc=scorer: sc.recommend(sb), b, min_s),
+                    "signature": rate(lambda enc=enc, f=sig: f(**enc), b, min_s),
+                    "tf_retrieval": rate(lambda s=s, lo=lo: tf_retrieval(s, lo).numpy(), b, min_s),
+                    "numpy": rate(
+                        lambda sb=sb, e=art.embeddings: numpy_topk(e, sb.vectors), b, min_s
+                    ),
+                }
+                row = {
+                    "items": n_items,
+                    "batch": b,
+                    "users_per_s": {k: round(v, 1) for k, v in r.items()},
+                    "ratio_local_vs_numpy": round(r["local"] / r["numpy"], 3),
+                    "ratio_signature_vs_numpy": round(r["signature"] / r["numpy"], 3),
+                    "ratio_tf_retrieval_vs_numpy": round(r["tf_retrieval"] / r["numpy"], 3),
+                }
+                rows.append(row)
+                print(
+                    f"items={n_items:>7} batch={b:>5}  local={r['local']:>10.0f}/s  "
+                    f"signature={r['signature']:>10.0f}/s  "
+                    f"tf_retrieval={r['tf_retrieval']:>10.0f}/s  "
+                    f"numpy={r['numpy']:>10.0f}/s  local/numpy={row['ratio_local_vs_numpy']:.2f}  "
+                    f"retrieval/numpy={row['ratio_tf_retrieval_vs_numpy']:.2f}",
+                    flush=True,
+                )
+            scorer.close()
+    big = [r for r in rows if r["batch"] >= 256]
+    result = {
+        "benchmark": "scorer",
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+            "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        },
+        "dim": D,
+        "k": K,
+        "candidates": 50,
+        "categories": N_CAT,
+        "target": "local >= numpy users/s at batch >= 256",
+        "target_met": all(r["ratio_local_vs_numpy"] >= 1.0 for r in big),
+        "retrieval_target_met": all(r["ratio_tf_retrieval_vs_numpy"] >= 1.0 for r in big),
+        "rows": rows,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    print(
+        f"target (local >= numpy at batch >= 256) met: {result['target_met']}; "
+        f"retrieval-only met: {result['retrieval_target_met']}; wrote {RESULTS}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Offline side of interest-stream: event logs, training, export, scoring, evaluation."""

@@ -1,0 +1,406 @@
+"""The apply agent and the rescore timer: Faust on the outside, the core on the inside.
+
+Data flows one way: events -> state (one table write per user per batch) -> dirty users
+-> scorer -> recommendations. Table writes outside the apply agent (the rescore timer
+bumping a user's version) run inside a partition context so that the changelog record
+and the local RocksDB write land on the user's own partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event  # the context Faust tables take partitions from
+from faust.types import TP
+
+from stream import metrics
+from stream.app import StreamApp
+from stream.events import Event, EventParser, Rejection
+from stream.interest import (
+    InterestConfig,
+    UserState,
+    decode,
+    encode,
+    fold,
+    is_expired,
+    new_state,
+    rebase,
+)
+from stream.recommend import DirtyUsers, build_message, now_ms, score_request
+
+log = logging.getLogger("interest.agents")
+
+REKEY_SOURCE_BASE = 1 << 16  # positions from the re-key topic never collide with the events topic's
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class _PartitionEvent:
+    """Stands in for the current event so that a table write goes to ``partition``."""
+
+    message: _Message
+
+
+class UserPartitioner:
+    """The partition Kafka's default (murmur2) partitioner gives a user id, memoised."""
+
+    def __init__(self, partitions: int, cache_size: int = 1 << 18) -> None:
+        self.partitions = partitions
+        self.cache: dict[str, int] = {}
+        self.cache_size = cache_size
+
+    def __call__(self, user_id: str) -> int:
+        p = self.cache.get(user_id)
+        if p is None:
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+            p = self.cache[user_id] = (murmur2(user_id.encode()) & 0x7FFFFFFF) % self.partitions
+        return p
+
+
+@dataclass(slots=True)
+class _Applied:
+    events: list[Event]
+    positions: list[tuple[int, int]]
+    kafka_ts: list[int]
+    partition: int
+
+
+class Pipeline:
+    """Runtime state of one worker: parser, scorer, dirty users, partition contexts."""
+
+    def __init__(self, stream_app: StreamApp) -> None:
+        from models.scoring import open_scorer
+
+        self.sa = stream_app
+        self.settings = stream_app.settings
+        self.config = InterestConfig.from_settings(self.settings)
+        self.scorer = open_scorer(self.settings)
+        self.parser = EventParser.from_settings(self.settings, catalog=self.scorer.catalog)
+        self.parser_model_version = self.scorer.model_version
+        self.partition_of = UserPartitioner(self.settings.events_partitions)
+        self.dirty = DirtyUsers(base_backoff_s=self.settings.rescore_interval_ms / 1000)
+        self.contexts: dict[int, _PartitionEvent] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self.scoring: asyncio.Future[Any] | None = None
+        self.scan_pending = True
+        self.started = time.time()
+        self.last_batch_at = 0.0
+
+    # ------------------------------------------------------------------ registration
+    def register(self) -> None:
+        app = self.sa.app
+        app.agent(self.sa.events, name="apply", concurrency=1)(self.apply_agent)
+        app.timer(self.settings.rescore_interval_ms / 1000, name="rescore")(self.rescore_timer)
+        app.timer(5.0, name="gauges")(self.gauges_timer)
+        app.on_partitions_revoked.connect(self.on_revoked)
+        app.on_partitions_assigned.connect(self.on_assigned)
+        if self.settings.expire_threshold > 0:
+            app.timer(60.0, name="expire")(self.expire_timer)
+
+    async def on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
+        self.dirty.drop_partitions(
+            {tp.partition for tp in revoked if tp.topic == self.settings.topic_events}
+        )
+
+    async def on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
+        self.scan_pending = True
+
+    # ------------------------------------------------------------------ partition context
+    @contextlib.contextmanager
+    def partition_context(self, partition: int) -> Iterator[None]:
+        """Make Faust's tables write to (and read from) ``partition``."""
+        ctx = self.contexts.get(partition)
+        if ctx is None:
+            ctx = self.contexts[partition] = _PartitionEvent(
+                _Message(self.settings.topic_events, partition)
+            )
+        token = _current_event.set(weakref.ref(ctx))
+        try:
+            yield
+        finally:
+            _current_event.reset(token)
+
+    def read_state(self, user_id: str) -> UserState | None:
+        raw = self.sa.states.get(user_id.encode())
+        return decode(raw) if raw else None
+
+    # ------------------------------------------------------------------ apply
+    async def apply_agent(self, stream: Any) -> None:
+        within = self.settings.stream_batch_within_ms / 1000
+        async for batch in stream.take_events(self.settings.stream_batch_size, within=within):
+            try:
+                await self.apply_batch(batch)
+            except Exception:  # never die on a batch: log it, the records stay in Kafka
+                log.exception("apply batch of %d records failed", len(batch))
+                raise
+
+    async def apply_batch(self, batch: Sequence[Any]) -> None:
+        now = now_ms()
+        groups: dict[str, _Applied] = {}
+        forwards: list[tuple[bytes, bytes]] = []
+        rekey_name = self.sa.rekey.get_topic_name()
+        for ev in batch:
+            msg = ev.message
+            ts_ms = int(msg.timestamp * 1000) if msg.timestamp else now
+            result = self.parser.parse(msg.value, key=msg.key, timestamp_ms=ts_ms, now_ms=now)
+            if isinstance(result, Rejection):
+                await self.reject(result, msg)
+                continue
+            partition = self.partition_of(result.user_id)
+            from_rekey = msg.topic == rekey_name
+            if not from_rekey and (
+                msg.partition != partition or msg.key != result.user_id.encode()
+            ):
+                forwards.append((result.user_id.encode(), msg.value))
+                continue
+            group = groups.get(result.user_id)
+            if group is None:
+                group = groups[result.user_id] = _Applied([], [], [], partition)
+            group.events.append(result)
+            source = msg.partition + (REKEY_SOURCE_BASE if from_rekey else 0)
+            group.positions.append((source, msg.offset))
+            group.kafka_ts.append(ts_ms)
+        self.refresh_model()
+        for user_id, group in groups.items():
+            self.apply_user(user_id, group)
+        for key, value in forwards:
+            await self.sa.rekey.send(key=key, value=value)
+        self.last_batch_at = time.time()
+
+    def apply_user(self, user_id: str, group: _Applied) -> None:
+        """One read-modify-write of the user's state for all its events in the batch."""
+        with self.partition_context(group.partition):
+            raw = self.sa.states.get(user_id.encode())
+            state = decode(raw) if raw else new_state(user_id)
+            vectors = self.scorer.item_vectors
+            if vectors is not None and state.model_version != vectors.version:
+                rebase(state, vectors)
+            result = fold(
+                state,
+                group.events,
+                self.config,
+                vectors=vectors,
+                positions=group.positions,
+                kafka_ts=group.kafka_ts,
+            )
+            if result.duplicates:
+                metrics.DUPLICATES.inc(result.duplicates)
+            for type_, n in result.applied_by_type.items():
+                metrics.EVENTS.labels(type=type_).inc(n)
+            if result.applied:
+                value = encode(state)
+                metrics.STATE_BYTES.observe(len(value))
+                self.sa.states[user_id.encode()] = value
+        if result.applied or state.events_applied > state.published_events:
+            self.dirty.mark(group.partition, user_id, state.last_event_kafka_ts or 0)
+
+    async def reject(self, rejection: Rejection, msg: Any) -> None:
+        """Dead-letter a bad record with the reason, and count it (CONTRACT section 1)."""
+        value: bytes = msg.value or b""
+        try:
+            original = value.decode("utf-8")
+        except UnicodeDecodeError:
+            original = base64.b64encode(value).decode("ascii")
+        record = {
+            "reason": rejection.reason,
+            "detail": rejection.detail,
+            "topic": msg.topic,
+            "partition": msg.partition,
+            "offset": msg.offset,
+            "original": original,
+        }
+        metrics.REJECTED.labels(reason=rejection.reason).inc()
+        await self.sa.dlq.send(key=msg.key, value=orjson.dumps(record))
+
+    def refresh_model(self) -> None:
+        """A new model version brings a new catalog for category fallbacks."""
+        version = self.scorer.model_version
+        if version != self.parser_model_version:
+            self.parser = EventParser.from_settings(self.settings, catalog=self.scorer.catalog)
+            self.parser_model_version = version
+            metrics.MODEL_INFO.clear()
+            if version is not None:
+                metrics.MODEL_INFO.labels(version=version).set(1)
+
+    # ------------------------------------------------------------------ rescore
+    async def rescore_timer(self) -> None:
+        try:
+            if self.scan_pending:
+                self.scan_for_pending()
+            await self.rescore_dirty()
+        except Exception:
+            log.exception("rescoring failed; users stay dirty")
+
+    def active_partitions(self) -> set[int]:
+        actives = self.sa.app.assignor.assigned_actives()
+        return {tp.partition for tp in actives if tp.topic == self.settings.topic_events}
+
+    def scan_for_pending(self) -> None:
+        """After a (re)assignment, find users applied but never published (a crash between)."""
+        app = self.sa.app
+        if app.in_recovery or not self.active_partitions():
+            return
+        actives = self.active_partitions()
+        found = 0
+        for key, raw in self.sa.states.items():
+            user_id = key.decode() if isinstance(key, bytes) else str(key)
+            partition = self.partition_of(user_id)
+            if partition not in actives:
+                continue
+            state = decode(raw)
+            if state.events_applied > state.published_events:
+                self.dirty.mark(partition, user_id, state.last_event_kafka_ts or 0)
+                found += 1
+        self.scan_pending = False
+        if found:
+            log.info("found %d users applied but not yet published", found)
+
+    async def rescore_dirty(self) -> None:
+        now = time.monotonic()
+        if not self.dirty.ready(now):
+            return
+        if self.scoring is not None and not self.scoring.done():
+            return  # a hung scorer call still holds the thread: wait, never pile up
+        actives = self.active_partitions()
+        self.dirty.drop_partitions(set(self.dirty.by_partition) - actives)
+        while self.dirty.count():
+            taken = self.dirty.take(sorted(actives), self.settings.rescore_batch_size)
+            if not taken:
+                break
+            if not await self.rescore_batch(taken):
+                self.dirty.give_back(taken)
+                delay = self.dirty.failed(time.monotonic())
+                log.warning("scorer failed; %d users stay dirty, retry in %.1fs", len(taken), delay)
+                return
+            self.dirty.succeeded()
+
+    async def rescore_batch(self, taken: list[tuple[int, str, int]]) -> bool:
+        states: list[UserState] = []
+        kept: list[tuple[int, str, int]] = []
+        vectors = self.scorer.item_vectors
+        for partition, user_id, ts in taken:
+            state = self.read_state(user_id)
+            if state is None:
+                continue
+            if vectors is not None and state.model_version != vectors.version:
+                rebase(state, vectors)
+            states.append(state)
+            kept.append((partition, user_id, ts))
+        if not states:
+            return True
+        dim = vectors.dim if vectors is not None else 1
+        request = score_request(
+            states, dim, self.settings.top_k, self.settings.purchased_policy.value == "exclude"
+        )
+        model_version = self.scorer.model_version
+        metrics.RESCORE_BATCH_SIZE.observe(len(states))
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        self.scoring = loop.run_in_executor(self.executor, self.scorer.recommend, request)
+        try:
+            recs = await asyncio.wait_for(
+                asyncio.shield(self.scoring), self.settings.scorer_timeout_ms / 1000
+            )
+        except Exception as exc:
+            metrics.SCORER_ERRORS.inc()
+            log.warning("scorer call failed: %s", exc if str(exc) else type(exc).__name__)
+            return False
+        metrics.RESCORE_SECONDS.observe(time.perf_counter() - started)
+        self.publish(states, kept, recs, model_version)
+        return True
+
+    def publish(
+        self,
+        states: list[UserState],
+        kept: list[tuple[int, str, int]],
+        recs: list[Any],
+        model_version: str | None,
+    ) -> None:
+        """Bump each user's version in its state and publish the message (no awaits: atomic)."""
+        published_at = time.time()
+        for snapshot, (partition, user_id, newest_ts), items in zip(
+            states, kept, recs, strict=True
+        ):
+            key = user_id.encode()
+            with self.partition_context(partition):
+                current = self.read_state(user_id) or snapshot
+                current.version = max(current.version, snapshot.version) + 1
+                current.published_events = max(current.published_events, snapshot.events_applied)
+                self.sa.states[key] = encode(current)
+                message = build_message(
+                    snapshot, items, version=current.version, model_version=model_version
+                )
+                self.sa.published[key] = orjson.dumps(message)
+            metrics.PUBLISHED.inc()
+            if newest_ts:
+                metrics.EVENT_TO_RECOMMENDATION.observe(max(0.0, published_at - newest_ts / 1000))
+
+    # ------------------------------------------------------------------ housekeeping
+    async def gauges_timer(self) -> None:
+        try:
+            metrics.DIRTY_USERS.set(self.dirty.count())
+            metrics.USERS.set(self.count_users())
+            await self.update_lag()
+            self.refresh_model()
+        except Exception:
+            log.debug("gauge update failed", exc_info=True)
+
+    def count_users(self) -> int:
+        """Estimated keys in the RocksDB stores of the active partitions."""
+        store = self.sa.states.data
+        actives = self.active_partitions()
+        total = 0
+        for partition, db in getattr(store, "_dbs", {}).items():
+            if partition in actives:
+                with contextlib.suppress(Exception):
+                    total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        return total
+
+    async def update_lag(self) -> None:
+        consumer = self.sa.app.consumer
+        for tp in self.sa.app.assignor.assigned_actives():
+            if tp.topic != self.settings.topic_events:
+                continue
+            position = await consumer.position(tp)
+            highwater = consumer.highwater(tp)
+            if position is not None and highwater is not None:
+                metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+
+    async def expire_timer(self) -> None:
+        """Delete users whose long-horizon interests all decayed below the threshold."""
+        now = now_ms()
+        expired: dict[int, list[bytes]] = defaultdict(list)
+        actives = self.active_partitions()
+        for key, raw in self.sa.states.items():
+            user_id = key.decode() if isinstance(key, bytes) else str(key)
+            partition = self.partition_of(user_id)
+            if partition in actives and is_expired(
+                decode(raw), now, self.settings.expire_threshold
+            ):
+                expired[partition].append(user_id.encode())
+        for partition, keys in expired.items():
+            with self.partition_context(partition):
+                for key in keys:
+                    self.sa.states.pop(key, None)
+        if expired:
+            log.info("expired %d quiet users", sum(len(k) for k in expired.values()))

@@ -1,0 +1,469 @@
+"""Candidate sources and blended ranking: from a user's state to the final recommendations.
+
+No single source wins everywhere (the user's own items on one shop, trending items in the
+user's categories on another, model retrieval on a third), and retrieval alone cannot reach
+items first seen after training.  So each user's candidates are the union of four sources,
+each tagged with the reason it was proposed:
+
+* ``your_interest``: the user's strongest items (decayed item strengths in the state);
+* ``trending_in_category``: trending items in the user's strongest categories, a quota per
+  category in proportion to the user's strength in it;
+* ``similar_to_your_interests``: the model's retrieval results (when a model is loaded);
+* ``popular``: global trending, the last fallback for users with almost no history.
+
+Without a model the union is ranked by a transparent blend of normalised strengths (see
+:func:`blend`); with one, the interest-strength network scores every candidate from the
+per-pair features of :func:`features` plus what it computes itself (inner products with the
+user's vectors, popularity).  :func:`recommend_batch` is the single path the worker and the
+offline evaluation both call.  Pure: no faust, kafka or tensorflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.scoring import CandidateBatch, Recommended, Scorer
+from stream.interest import LONG, SHORT, UserState, top_categories
+from stream.trending import TrendEntry, _parts, decay_factor
+
+REASONS = ("your_interest", "trending_in_category", "similar_to_your_interests", "popular")
+POLICIES = ("keep", "demote", "exclude")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log1p_item_short",  # the user's strength for the item
+    "log1p_item_long",
+    "log1p_cat_short",  # the user's strength for the item's category
+    "log1p_cat_long",
+    "cat_short_share",  # ... as a share of all the user's category strength (scale free)
+    "cat_long_share",
+    "log1p_trend_short",  # the item's trending score in its category
+    "log1p_trend_long",
+    "trend_long_rel",  # ... relative to the category's strongest item
+    "purchased",  # the user bought it (the policy decides what that means)
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+# Blend without a model: score = W_OWN*own + W_CAT*cat + W_TREND*trend, each in [0, 1].
+W_OWN, W_CAT, W_TREND = 0.5, 0.3, 0.2
+DEMOTE_FACTOR = 0.25  # policy "demote": a purchased item's score is multiplied by this
+OWN_SHARE, TREND_SHARE = 0.4, 0.4  # of the candidate limit; retrieval gets the rest
+TREND_CATEGORIES = 5  # the user's strongest categories trending items are drawn from
+MIN_CANDIDATES = 20  # global trending fills a thin union up to this many
+EPS = 1e-12
+SHARE_EPS = 1e-6  # the model's EPS (models.ranker), so both compute the same shares
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One proposed item: its category and the first source that proposed it."""
+
+    item_id: str
+    category: str | None
+    reason: str
+
+
+@dataclass(slots=True)
+class Components:
+    """Raw per-candidate quantities (M,), all read at the same time; features and blend use them."""
+
+    item: np.ndarray  # (M, 2) the user's item strength [short, long]
+    cat: np.ndarray  # (M, 2) the user's strength of the item's category
+    cat_total: np.ndarray  # (2,) the user's total category strength
+    trend: np.ndarray  # (M, 2) the item's trending score in its category
+    trend_max: np.ndarray  # (M, 2) the strongest trending score in that category
+    item_max: np.ndarray  # (2,) the user's strongest item strength
+    cat_max: np.ndarray  # (2,) the user's strongest category strength
+    global_rel: np.ndarray  # (M,) global trending score / the strongest one
+    purchased: np.ndarray  # (M,) bool
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_time(state: UserState, t: int | None) -> int | None:
+    """Everything is read at the user's t_ref unless a later t is asked for."""
+    if t is None:
+        return state.t_ref
+    return t if state.t_ref is None else max(t, state.t_ref)
+
+
+def _user_factors(state: UserState, t: int | None) -> tuple[float, float]:
+    return (
+        decay_factor(state.t_ref, state.half_lives[SHORT], t),
+        decay_factor(state.t_ref, state.half_lives[LONG], t),
+    )
+
+
+def _two_horizon_rank(values: Mapping[str, Sequence[float]]) -> list[str]:
+    """Keys by the mean of the two horizons' max-normalised values, best first (ties: key).
+
+    Normalising per horizon keeps one burst (short) and steady interest (long) comparable;
+    the same rule orders the user's own items and a category's trending items.
+    """
+    if not values:
+        return []
+    ms = max(max(v[SHORT] for v in values.values()), EPS)
+    ml = max(max(v[LONG] for v in values.values()), EPS)
+    return sorted(values, key=lambda k: (-(values[k][SHORT] / ms + values[k][LONG] / ml), k))
+
+
+def _category_shares(state: UserState) -> list[tuple[str, float]]:
+    """The user's strongest categories with their share of the (positive) strength."""
+    cats = {c for c, _ in top_categories(state, LONG, TREND_CATEGORIES)}
+    cats |= {c for c, _ in top_categories(state, SHORT, TREND_CATEGORIES)}
+    tot_s = sum(max(v[SHORT], 0.0) for v in state.categories.values()) or EPS
+    tot_l = sum(max(v[LONG], 0.0) for v in state.categories.values()) or EPS
+    shares = {
+        c: 0.5 * (max(state.categories[c][SHORT], 0.0) / tot_s)
+        + 0.5 * (max(state.categories[c][LONG], 0.0) / tot_l)
+        for c in cats
+    }
+    best = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))[:TREND_CATEGORIES]
+    return [(c, s) for c, s in best if s > 0]
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generate(
+    state: UserState,
+    *,
+    trending: Mapping[str, TrendEntry],
+    global_top: Sequence[tuple[str, str | None, float]],
+    retrieved: Sequence[Recommended] = (),
+    policy: str = "demote",
+    limit: int = 200,
+) -> list[Candidate]:
+    """The union of the four sources, at most ``limit``, each item once (first reason wins).
+
+    Budgets: the user's items up to 40% of ``limit``, trending up to 40% split across the
+    user's strongest categories in proportion to their strength, retrieval the rest; global
+    trending only fills a union smaller than MIN_CANDIDATES (a thin history).  Policy
+    ``exclude`` keeps purchased items out of every source.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"purchased policy {policy!r} (allowed: {', '.join(POLICIES)})")
+    banned = state.purchased if policy == "exclude" else set()
+    out: dict[str, Candidate] = {}
+
+    def add(item: str, category: str | None, reason: str, cap: int) -> bool:
+        if len(out) >= cap or item in out or item in banned:
+            return len(out) < cap
+        out[item] = Candidate(item, category, reason)
+        return True
+
+    own_cap = max(1, math.ceil(limit * OWN_SHARE))
+    for item in _two_horizon_rank(state.items)[:own_cap]:
+        add(item, state.item_categories.get(item), "your_interest", limit)
+    room = max(1, math.ceil(limit * TREND_SHARE))
+    _add_trending(state, trending, min(limit, len(out) + room), room, add)
+    for rec in retrieved:
+        if not add(rec.item_id, rec.category, "similar_to_your_interests", limit):
+            break
+    fill = min(limit, MIN_CANDIDATES)
+    for item, category, _ in global_top:
+        if len(out) >= fill:
+            break
+        add(item, category, "popular", fill)
+    return list(out.values())
+
+
+def _add_trending(
+    state: UserState,
+    trending: Mapping[str, TrendEntry],
+    cap: int,
+    room: int,
+    add: Callable[[str, str | None, str, int], bool],
+) -> None:
+    """Trending items of the strongest categories, quota proportional to category share.
+
+    ``room`` is this source's budget, ``cap`` the union size it may grow to.
+    """
+    shares = [(c, s) for c, s in _category_shares(state) if c in trending]
+    total = sum(s for _, s in shares) or 1.0
+    for category, share in shares:
+        quota = max(1, math.floor(room * share / total))
+        _, _, items = _parts(trending[category])
+        taken = 0
+        for item in _two_horizon_rank(items):
+            if taken >= quota:
+                break
+            if item in state.items:
+                continue  # already proposed as the user's own (or bounded out of it)
+            if not add(item, category, "trending_in_category", cap):
+                return
+            taken += 1
+
+
+# --------------------------------------------------------------------------- features
+
+
+def components(
+    state: UserState,
+    candidates: Sequence[Candidate],
+    trending: Mapping[str, TrendEntry],
+    global_top: Sequence[tuple[str, str | None, float]] = (),
+    t: int | None = None,
+) -> Components:
+    """Every raw quantity the features and the blend need, read at one time t >= t_ref."""
+    t = _read_time(state, t)
+    fs, fl = _user_factors(state, t)
+    m = len(candidates)
+    item = np.zeros((m, 2), np.float64)
+    cat = np.zeros((m, 2), np.float64)
+    trend = np.zeros((m, 2), np.float64)
+    trend_max = np.zeros((m, 2), np.float64)
+    purchased = np.zeros(m, bool)
+    cat_cache: dict[str, tuple[float, float, float, float, float]] = {}
+    for n, c in enumerate(candidates):
+        v = state.items.get(c.item_id)
+        if v is not None:
+            item[n] = (v[SHORT] * fs, v[LONG] * fl)
+        purchased[n] = c.item_id in state.purchased
+        if c.category is None:
+            continue
+        cv = state.categories.get(c.category)
+        if cv is not None:
+            cat[n] = (cv[SHORT] * fs, cv[LONG] * fl)
+        entry = trending.get(c.category)
+        if entry is not None:
+            info = cat_cache.get(c.category)
+            if info is None:
+                info = cat_cache[c.category] = _trend_info(entry, t)
+            _, f_s, f_l, mx_s, mx_l = info
+            tv = _parts(entry)[2].get(c.item_id)
+            if tv is not None:
+                trend[n] = (tv[SHORT] * f_s, tv[LONG] * f_l)
+            trend_max[n] = (mx_s, mx_l)
+    gmax = max((s for _, _, s in global_top), default=0.0)
+    gscore = {i: s for i, _, s in global_top}
+    global_rel = np.array(
+        [max(gscore.get(c.item_id, 0.0), 0.0) / gmax if gmax > 0 else 0.0 for c in candidates]
+    )
+    return Components(
+        item=item,
+        cat=cat,
+        cat_total=np.array(
+            [
+                sum(v[SHORT] for v in state.categories.values()) * fs,
+                sum(v[LONG] for v in state.categories.values()) * fl,
+            ]
+        ),
+        trend=trend,
+        trend_max=trend_max,
+        item_max=_col_max(state.items, (fs, fl)),
+        cat_max=_col_max(state.categories, (fs, fl)),
+        global_rel=global_rel,
+        purchased=purchased,
+    )
+
+
+def _trend_info(entry: TrendEntry, t: int | None) -> tuple[int | None, float, float, float, float]:
+    """(t_ref, decay factors to t, the category's strongest item per horizon at t)."""
+    t_ref, hls, items = _parts(entry)
+    f_s = decay_factor(t_ref, hls[SHORT], t)
+    f_l = decay_factor(t_ref, hls[LONG], t)
+    mx_s = max((v[SHORT] for v in items.values()), default=0.0) * f_s
+    mx_l = max((v[LONG] for v in items.values()), default=0.0) * f_l
+    return t_ref, f_s, f_l, mx_s, mx_l
+
+
+def _col_max(kept: Mapping[str, Sequence[float]], factors: tuple[float, float]) -> np.ndarray:
+    if not kept:
+        return np.zeros(2)
+    return np.array(
+        [
+            max(v[SHORT] for v in kept.values()) * factors[0],
+            max(v[LONG] for v in kept.values()) * factors[1],
+        ]
+    )
+
+
+def features_from(parts: Components) -> np.ndarray:
+    """(M, N_FEATURES) float32 in FEATURE_NAMES order: log1p for heavy tails, shares for scale."""
+
+    def log1p(x: np.ndarray) -> np.ndarray:
+        return np.log1p(np.maximum(x, 0.0))
+
+    share = np.maximum(parts.cat, 0.0) / np.maximum(parts.cat_total, SHARE_EPS)
+    rel = np.maximum(parts.trend[:, LONG], 0.0) / np.maximum(parts.trend_max[:, LONG], EPS)
+    cols = [
+        log1p(parts.item[:, SHORT]),
+        log1p(parts.item[:, LONG]),
+        log1p(parts.cat[:, SHORT]),
+        log1p(parts.cat[:, LONG]),
+        share[:, SHORT],
+        share[:, LONG],
+        log1p(parts.trend[:, SHORT]),
+        log1p(parts.trend[:, LONG]),
+        rel,
+        parts.purchased.astype(np.float64),
+    ]
+    return np.stack(cols, axis=1).astype(np.float32).reshape(-1, N_FEATURES)
+
+
+def features(
+    state: UserState,
+    candidates: Sequence[Candidate],
+    trending: Mapping[str, TrendEntry],
+    t: int | None = None,
+) -> np.ndarray:
+    """The network's per-pair features for the user's candidates (training and serving)."""
+    return features_from(components(state, candidates, trending, (), t))
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _norm(x: np.ndarray, mx: np.ndarray) -> np.ndarray:
+    return np.clip(np.maximum(x, 0.0) / np.maximum(mx, EPS), 0.0, 1.0)
+
+
+def blend_scores(parts: Components) -> np.ndarray:
+    """The transparent no-model score in [0, 1], before the purchased policy.
+
+    ``own``   = mean over horizons of S_i / max_j S_j (the user's item strength, relative
+                to the user's strongest item);
+    ``cat``   = mean over horizons of S_c / max_c' S_c' (the item's category, relative to
+                the user's strongest category);
+    ``trend`` = mean over horizons of T_i / max_j T_j within the item's category, or the
+                item's global trending score relative to the top one when that is larger;
+    ``score`` = 0.5 * own + 0.3 * cat + 0.2 * trend.
+    """
+    own = _norm(parts.item, parts.item_max).mean(axis=1)
+    cat = _norm(parts.cat, parts.cat_max).mean(axis=1)
+    trend = np.maximum(_norm(parts.trend, parts.trend_max).mean(axis=1), parts.global_rel)
+    return np.clip(W_OWN * own + W_CAT * cat + W_TREND * trend, 0.0, 1.0)
+
+
+def rank(
+    candidates: Sequence[Candidate],
+    scores: np.ndarray,
+    k: int,
+    policy: str,
+    state: UserState,
+) -> list[Recommended]:
+    """Best k by score (ties: item id) after the purchased policy; scores clipped to [0, 1]."""
+    s = np.clip(np.nan_to_num(np.asarray(scores, np.float64), nan=0.0), 0.0, 1.0)
+    if policy == "demote" and state.purchased:
+        hit = np.array([c.item_id in state.purchased for c in candidates], bool)
+        s = np.where(hit, s * DEMOTE_FACTOR, s)
+    keep = [
+        n
+        for n, c in enumerate(candidates)
+        if policy != "exclude" or c.item_id not in state.purchased
+    ]
+    keep.sort(key=lambda n: (-s[n], candidates[n].item_id))
+    return [
+        Recommended(
+            candidates[n].item_id, float(s[n]), candidates[n].category, candidates[n].reason
+        )
+        for n in keep[: max(0, k)]
+    ]
+
+
+def blend(
+    state: UserState, candidates: Sequence[Candidate], parts: Components, k: int, policy: str
+) -> list[Recommended]:
+    """No model: rank by :func:`blend_scores`, meaningful from the user's first event."""
+    return rank(candidates, blend_scores(parts), k, policy, state)
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def recommend_batch(
+    states: Sequence[UserState],
+    *,
+    trending: Mapping[str, TrendEntry],
+    global_top: Sequence[tuple[str, str | None, float]],
+    scorer: Scorer | None,
+    k: int,
+    policy: str = "demote",
+    limit: int = 200,
+    retrieved: Sequence[Sequence[Recommended]] | None = None,
+    retrieval_k: int = 50,
+) -> list[list[Recommended]]:
+    """States -> final ranked recommendations, one list per state (the worker and evaluation).
+
+    With a loaded model: retrieval (unless ``retrieved`` is given), the candidate union, and
+    the network's scores for every candidate; a user whose scores do not come back (model
+    swapped out mid-call) falls back to the blend.  Without one: the blend.  ScorerError
+    propagates so the caller can retry.
+    """
+    if not states:
+        return []
+    policy = str(getattr(policy, "value", policy))
+    use_model = scorer is not None and scorer.model_version is not None
+    if retrieved is None:
+        retrieved = _retrieve(states, scorer, retrieval_k, policy) if use_model else None
+    cands = [
+        generate(
+            s,
+            trending=trending,
+            global_top=global_top,
+            retrieved=retrieved[n] if retrieved is not None else (),
+            policy=policy,
+            limit=limit,
+        )
+        for n, s in enumerate(states)
+    ]
+    parts = [components(s, c, trending, global_top) for s, c in zip(states, cands, strict=True)]
+    scores: list[np.ndarray | None] = [None] * len(states)
+    if use_model:
+        assert scorer is not None
+        scores = _model_scores(states, cands, parts, scorer)
+    return [
+        rank(c, sc, k, policy, s)
+        if sc is not None and len(sc) == len(c)
+        else blend(s, c, p, k, policy)
+        for s, c, p, sc in zip(states, cands, parts, scores, strict=True)
+    ]
+
+
+def _retrieve(
+    states: Sequence[UserState], scorer: Scorer | None, k: int, policy: str
+) -> list[list[Recommended]] | None:
+    from stream.recommend import score_request
+
+    vectors = scorer.item_vectors if scorer is not None else None
+    if scorer is None or vectors is None:
+        return None
+    return scorer.recommend(score_request(states, vectors.dim, k, policy == "exclude"))
+
+
+def candidate_batch(
+    states: Sequence[UserState],
+    cands: Sequence[Sequence[Candidate]],
+    feats: Sequence[np.ndarray],
+    dim: int,
+) -> CandidateBatch:
+    """The scorer's input: the users' vectors and category strengths, items and features."""
+    from stream.recommend import score_request
+
+    req = score_request(states, dim, 1, False)
+    return CandidateBatch(
+        user_ids=req.user_ids,
+        vectors=req.vectors,
+        categories=req.categories,
+        items=[[c.item_id for c in cs] for cs in cands],
+        features=list(feats),
+    )
+
+
+def _model_scores(
+    states: Sequence[UserState],
+    cands: Sequence[Sequence[Candidate]],
+    parts: Sequence[Components],
+    scorer: Scorer,
+) -> list[np.ndarray | None]:
+    vectors = scorer.item_vectors
+    if vectors is None:
+        return [None] * len(states)
+    batch = candidate_batch(states, cands, [features_from(p) for p in parts], vectors.dim)
+    got = scorer.score_candidates(batch)
+    return [got[n] if n < len(got) else None for n in range(len(states))]
