@@ -194,13 +194,20 @@ def main() -> None:
         raw_s = asyncio.run(raw_consume(bootstrap, stack.events, len(events)))
         raw_rate = len(events) / raw_s
         print(f"raw aiokafka consumer: {raw_rate:,.0f} events/s")
-        env = {
-            "INTEREST_MAX_CATEGORIES": "64",
-            "INTEREST_MAX_ITEMS": "100",
-            "INTEREST_LOG_LEVEL": "WARNING",
+        env = {"INTEREST_LOG_LEVEL": "WARNING"}
+        off_env = {
+            **env,
+            "INTEREST_TRENDING_ENABLED": "false",
+            "INTEREST_APP_ID": f"off-{stack.suffix}",
         }
+        rate_off, worker = worker_rate(stack, tmp, len(events), off_env)
+        worker.stop()
+        print(
+            f"one worker, trending off: {rate_off:,.0f} events/s ({rate_off / raw_rate:.2f}x raw)"
+        )
         rate, worker = worker_rate(stack, tmp, len(events), env)
         print(f"one worker, full path: {rate:,.0f} events/s ({rate / raw_rate:.2f}x raw)")
+        print(f"trending on / off: {rate / rate_off:.2f}")
         lat = latency(stack, rate * 0.5, args.latency_seconds, args.users)
         print(
             f"latency at {rate * 0.5:,.0f} events/s: "
@@ -212,10 +219,17 @@ def main() -> None:
             "users": args.users,
             "raw_consumer_events_per_s": raw_rate,
             "worker_events_per_s": rate,
+            "worker_events_per_s_trending_off": rate_off,
             "ratio_worker_to_raw": rate / raw_rate,
+            "ratio_trending_on_to_off": rate / rate_off,
             "latency_rate_events_per_s": rate * 0.5,
             "latency": lat,
-            "targets": {"ratio": 0.3, "events_per_s": 20_000, "p99_ms": 1000},
+            "targets": {
+                "ratio": 0.3,
+                "events_per_s": 20_000,
+                "p99_ms": 1000,
+                "trending_ratio": 0.7,
+            },
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -733,7 +733,7 @@ def plot_by_time(path: Path, result: Replay, cut_ts: int) -> None:
             ys = [hits[bucket == b].mean() for b in xs]
             style = "-o" if name.startswith("interest-stream") else "--."
             ax.plot(xs * width, ys, style, label=name, ms=4)
-        ax.set_xlabel(f"hours after the cut (buckets of {width:g} h, per {unit})")
+        ax.set_xlabel(f"hours after the cut (one point per {width:g} h {unit} bucket)")
     ax.set_ylabel("HR@20")
     ax.set_title("HR@20 over time after the cut")
     ax.grid(alpha=0.3)

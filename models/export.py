@@ -8,7 +8,8 @@ Layout (TensorFlow Serving's: a base directory of integer version directories)::
         catalog.json              item ids, category per item, category index, popularity
         embeddings.npy            (N, d) float32 item embeddings: the stream builds user
                                   vectors from these without importing TensorFlow
-        metadata.json             data fingerprint, settings (redacted), metrics, created time
+        metadata.json             data fingerprint, settings (redacted), metrics, created time,
+                                  ranking ("network" | "blend": the validation guard)
 
 A version is written under a dot-named temporary directory and renamed into place, so a
 watcher (the local scorer, TF Serving's file-system poller) never sees half a version.
@@ -39,6 +40,18 @@ EMBEDDINGS_FILE = "embeddings.npy"
 METADATA_FILE = "metadata.json"
 FORMAT = 1
 SIGNATURES = ("recommend", "recommend_mask", "score")
+# metadata.json "ranking": what ranks the candidate union when this version is loaded.
+# Training compares the network with the transparent blend on its validation window
+# (metrics["ranking"]); the network is used only when it beat the blend there (the guard).
+RANKING_NETWORK, RANKING_BLEND = "network", "blend"
+
+
+def ranking_mode(metrics: Mapping[str, Any] | None) -> str:
+    """RANKING_BLEND when the metrics record that the network lost to the blend, else network."""
+    guard = (metrics or {}).get("ranking")
+    if isinstance(guard, Mapping) and guard.get("use_network") is False:
+        return RANKING_BLEND
+    return RANKING_NETWORK
 
 
 @dataclass(slots=True)
@@ -276,6 +289,7 @@ def export_version(
             "embedding_dim": art.dim,
             "num_candidates": art.num_candidates,
             "signatures": list(SIGNATURES),
+            "ranking": ranking_mode(metrics),
             **dict(extra or {}),
         }
         return _publish(tmp, model_dir, meta, version)

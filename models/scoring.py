@@ -89,6 +89,14 @@ class Scorer(Protocol):
 
     def score_candidates(self, batch: CandidateBatch) -> list[np.ndarray]: ...
 
+    def refresh(self) -> None:
+        """Raise ScorerError when the configured model server cannot be reached.
+
+        Called off the event loop before each rescoring batch, so that an outage keeps the
+        users dirty (and counted) instead of silently degrading to the no-model blend.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -107,6 +115,9 @@ class ModelView:
     item_names: list[str] = field(default_factory=list)
     item_category_names: list[str | None] = field(default_factory=list)
     trending: list[bool] = field(default_factory=list)  # popularity >= TRENDING_QUANTILE
+    # the guard (metadata.json "ranking"): False when the network lost to the blend on
+    # its validation window; stream.candidates then ranks with the blend
+    network_ranking: bool = True
 
     def __post_init__(self) -> None:
         cat = self.catalog
@@ -125,7 +136,19 @@ class ModelView:
             catalog=cat,
             vectors=EmbeddingTable.load(version_dir, cat),
             catalog_map=cat.as_mapping(),
+            network_ranking=_network_ranking_of(version_dir),
         )
+
+
+def _network_ranking_of(version_dir: Path) -> bool:
+    """metadata.json ``ranking`` ("network" | "blend"); absent (older versions): network."""
+    from models.export import RANKING_BLEND, read_metadata
+
+    try:
+        meta = read_metadata(version_dir)
+    except (OSError, ValueError):
+        return True
+    return meta.get("ranking") != RANKING_BLEND
 
 
 def _user_inputs(
@@ -327,6 +350,7 @@ class StaticScorer:
             catalog=cat,
             vectors=EmbeddingTable(version, art.item_ids, art.embeddings),
             catalog_map=cat.as_mapping(),
+            network_ranking=bool(trained.metrics.get("ranking", {}).get("use_network", True)),
         )
         module = trained.module()
 
@@ -347,6 +371,14 @@ class StaticScorer:
     @property
     def catalog(self) -> Mapping[str, str]:
         return self._view.catalog_map
+
+    @property
+    def network_ranking(self) -> bool:
+        """The guard: rank with the network (True) or the blend (metadata "ranking")."""
+        return self._view.network_ranking
+
+    def refresh(self) -> None:
+        """In memory: nothing to reach."""
 
     def recommend(self, batch: ScoreBatch) -> list[list[Recommended]]:
         if not batch.user_ids:
@@ -418,8 +450,17 @@ class LocalScorer:
         return cur.view.catalog_map if cur else {}
 
     @property
+    def network_ranking(self) -> bool:
+        """The loaded version's guard (metadata "ranking"); True while none is loaded."""
+        cur = self._current
+        return cur.view.network_ranking if cur else True
+
+    @property
     def device(self) -> str:
         return self._device
+
+    def refresh(self) -> None:
+        """In process: the watcher thread does the reloading; nothing to reach."""
 
     def recommend(self, batch: ScoreBatch) -> list[list[Recommended]]:
         cur = self._current  # one reference for the whole call: a swap does not affect it
@@ -589,6 +630,15 @@ class TFServingScorer:
     @property
     def catalog(self) -> Mapping[str, str]:
         return self._view.catalog_map if self._view else {}
+
+    @property
+    def network_ranking(self) -> bool:
+        """The pinned version's guard, read from its local metadata.json (no network I/O)."""
+        return self._view.network_ranking if self._view else True
+
+    def refresh(self) -> None:
+        """Ask TF Serving for its versions (at once after a failure, else per poll interval)."""
+        self._refresh(force=self._failing)
 
     def recommend(self, batch: ScoreBatch) -> list[list[Recommended]]:
         self._refresh(force=self._failing)  # an unreachable server fails the call: users stay dirty

@@ -61,9 +61,14 @@ class TrainConfig:
 
     mf: MFConfig = field(default_factory=MFConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
-    neg_popular: int = 2  # negatives per positive drawn in proportion to engagement
-    neg_uniform: int = 2  # negatives per positive drawn uniformly over the catalog
-    neg_candidates: int = 2  # negatives per positive drawn from the user's candidate union
+    neg_popular: int = 1  # negatives per positive drawn in proportion to engagement
+    neg_uniform: int = 1  # negatives per positive drawn uniformly over the catalog
+    neg_candidates: int = 6  # negatives per positive drawn from the user's candidate union
+    # share of training pairs (positives and negatives alike, seeded) whose item is shown
+    # to the network as serving shows an item unknown to the model: zero embedding and
+    # popularity, so it learns to rank cold items from the per-pair features
+    cold_fraction: float = 0.4
+    ranking_k: int = 20  # the guard compares HR@k / NDCG@k of network and blend
     split_quantile: float = 0.8
     num_candidates: int = 50
     refit_full: bool = True
@@ -82,6 +87,7 @@ class Examples:
     user: np.ndarray  # (n,) int32
     ts: np.ndarray  # (n,) int64 event time (ms)
     feats: np.ndarray  # (n, F) float32 stream.candidates per-pair features
+    cold: np.ndarray  # (n,) bool: simulated cold item (network sees it as unknown)
 
     def take(self, mask: np.ndarray) -> Examples:
         return Examples(*(getattr(self, f)[mask] for f in Examples.__slots__))
@@ -198,7 +204,20 @@ def train(
     rng = np.random.default_rng(seed)
 
     emb = _fit_embeddings(train_ev, cfg, settings, seed, steps, "embeddings (train split)")
-    examples, unknown = _replay(evs, emb, cfg, interest, rng, steps, "replay (all events)")
+    serving = _serving_options(settings)
+    groups: list[RankGroup] = []
+    examples, unknown = _replay(
+        evs,
+        emb,
+        cfg,
+        interest,
+        rng,
+        steps,
+        "replay (all events)",
+        groups=groups,
+        validate_after=cut,
+        **serving,
+    )
     is_val = examples.ts > cut
     tr, va = examples.take(~is_val), examples.take(is_val)
     x_tr, x_va = features(tr, emb.artifacts), features(va, emb.artifacts)
@@ -212,6 +231,7 @@ def train(
         "validation": binary_metrics(va.label, p_va, threshold),
         "train": binary_metrics(tr.label, p_tr, threshold),
         "validation_popularity_auc": _pop_auc(va, emb.artifacts),
+        "ranking": ranking_validation(groups, res.network, emb.artifacts, cfg.ranking_k, serving),
         "threshold_rule": "maximises F1 on the training split, applied unchanged to validation",
         "split": {
             "quantile": cfg.split_quantile,
@@ -225,6 +245,7 @@ def train(
             "uniform": cfg.neg_uniform,
             "candidates": cfg.neg_candidates,
         },
+        "cold_fraction": cfg.cold_fraction,
         "mf": {
             "loss_first": emb.mf_losses[0],
             "loss_last": emb.mf_losses[-1],
@@ -239,7 +260,7 @@ def train(
     final = emb.artifacts
     if cfg.refit_full and len(train_ev) < len(evs):
         full = _fit_embeddings(evs, cfg, settings, seed, steps, "embeddings (all events)")
-        ex_all, _ = _replay(evs, full, cfg, interest, rng, steps, "replay (refit)")
+        ex_all, _ = _replay(evs, full, cfg, interest, rng, steps, "replay (refit)", **serving)
         with steps.task("network (all events)", cfg.ranker.epochs) as adv:
             res_all = fit(
                 features(ex_all, full.artifacts),
@@ -289,6 +310,36 @@ def _fit_embeddings(
     return Stage(data, art, mf.losses, {})
 
 
+def _serving_options(settings: Settings) -> dict[str, Any]:
+    """How the stream builds and ranks the union (the replay builds it the same way)."""
+    return {
+        "limit": int(getattr(settings, "candidate_limit", 200)),
+        "policy": str(getattr(settings.purchased_policy, "value", settings.purchased_policy)),
+        "trending_items": int(getattr(settings, "trending_items", 200)),
+    }
+
+
+GLOBAL_TOP = 50  # global trending items handed to the candidate generator (as the worker)
+
+
+@dataclass(slots=True)
+class RankGroup:
+    """One validation event: the union serving would rank then, and where the item is in it.
+
+    ``pos`` is the event item's row in the union (-1: not in the union, a miss for any
+    ranking); the arrays are only kept when it is in it.
+    """
+
+    pos: int
+    blend_rank: int = -1  # 0-based rank of the item under the blend (purchased policy applied)
+    short: np.ndarray | None = None  # (d,)
+    long: np.ndarray | None = None
+    item: np.ndarray | None = None  # (M,) model index, -1 unknown
+    feats: np.ndarray | None = None  # (M, F)
+    ids: list[str] = field(default_factory=list)
+    purchased: np.ndarray | None = None  # (M,) bool
+
+
 def _replay(
     events: Sequence[Event],
     stage: Stage,
@@ -297,31 +348,45 @@ def _replay(
     rng: np.random.Generator,
     steps: _Steps,
     label: str,
+    *,
+    limit: int = 200,
+    policy: str = "demote",
+    trending_items: int = 200,
+    groups: list[RankGroup] | None = None,
+    validate_after: int | None = None,
 ) -> tuple[Examples, int]:
     """Replay all events in event-time order through both aggregations; emit training pairs.
 
-    Each user's state is folded by ``stream.interest.fold`` and each category's trending by
-    ``stream.trending.fold_trend``, exactly as the stream does, so the features of a pair
-    (the state and the trending just before the event, read at the event's time) are what
-    serving computes. The event's item is the positive; negatives are sampled from the
-    catalog (popular and uniform) and from the user's own candidate union (hard negatives:
-    the items the ranker must actually tell apart at serving time).
+    Each user's state is folded by ``stream.interest.fold``, each category's trending by
+    ``stream.trending.fold_trend`` and the global trending by ``GlobalTrend``, exactly as
+    the stream does, so the features of a pair (the state and the trending just before the
+    event, read at the event's time) are what serving computes. The event's item is the
+    positive, also when the model does not know it (serving scores such items from their
+    per-pair features); negatives are sampled from the catalog (popular and uniform) and
+    from the user's candidate union, built by ``stream.candidates.generate`` as serving
+    builds it (the items the ranker must actually tell apart). A seeded ``cold_fraction``
+    of all pairs is marked cold: the network sees the item as unknown to the model.
 
-    Returns the examples and how many positives were dropped because their item is not in
-    the model (items first seen after the split cannot be scored by it).
+    With ``groups``, every target-like event after ``validate_after`` (not a repeat browse)
+    of a user seen before also records the full union for the ranking validation.
+
+    Returns the examples and how many positives' items the model does not know.
     """
+    from stream.candidates import blend_scores, components, features_from, generate
     from stream.interest import fold, new_state
-    from stream.trending import TrendConfig, fold_trend, new_trend
+    from stream.trending import GlobalTrend, TrendConfig, fold_trend, new_trend
 
     art = stage.artifacts
     table = EmbeddingTable("replay", art.item_ids, art.embeddings)
     index = stage.interactions.item_index
-    trend_cfg = TrendConfig(interest.half_life_short_ms, interest.half_life_long_ms)
+    trend_cfg = TrendConfig(interest.half_life_short_ms, interest.half_life_long_ms, trending_items)
     sampler = NegativeSampler(stage.interactions.item_counts, cfg.neg_popular, cfg.neg_uniform)
-    rows = _Rows(art, index)
+    rows = _Rows(art, index, cfg.cold_fraction)
     states: dict[str, Any] = {}
     users: dict[str, int] = {}
+    seen: dict[str, set[str]] = {}
     trends: dict[str, Any] = {}
+    global_trend = GlobalTrend(trend_cfg)
     unknown = 0
     with steps.task(label, len(events)) as adv:
         for ev in sorted(events, key=lambda e: e.ts):
@@ -330,13 +395,44 @@ def _replay(
                 state = states[ev.user_id] = new_state(ev.user_id, interest)
                 users[ev.user_id] = len(users)
             pos = index.get(ev.item_id)
-            if pos is None:
-                unknown += 1
-            else:
-                negs = [art.item_ids[i] for i in sampler.sample(rng, exclude=pos)]
-                negs += _candidate_negatives(state, trends, ev, cfg.neg_candidates, rng)
-                rows.add(state, trends, ev, [ev.item_id, *negs], users[ev.user_id])
+            unknown += pos is None
+            cands = []
+            gtop: list[tuple[str, str | None, float]] = []
+            if state.t_ref is not None:
+                gtop = global_trend.top(GLOBAL_TOP, ev.ts)
+                cands = generate(
+                    state, trending=trends, global_top=gtop, policy=policy, limit=limit
+                )
+            negs = [
+                art.item_ids[i] for i in sampler.sample(rng, exclude=-1 if pos is None else pos)
+            ]
+            pool = [c.item_id for c in cands if c.item_id != ev.item_id]
+            if pool and cfg.neg_candidates > 0:
+                negs += [pool[i] for i in rng.integers(0, len(pool), cfg.neg_candidates).tolist()]
+            rows.add(state, trends, gtop, ev, [ev.item_id, *negs], users[ev.user_id], rng)
+            history = seen.setdefault(ev.user_id, set())
+            if (
+                groups is not None
+                and validate_after is not None
+                and ev.ts > validate_after
+                and cands
+                and (ev.type != "browse" or ev.item_id not in history)
+            ):
+                ids = [c.item_id for c in cands]
+                at = ids.index(ev.item_id) if ev.item_id in ids else -1
+                group = RankGroup(at)
+                if at >= 0:
+                    parts = components(state, cands, trends, gtop, ev.ts)
+                    group.purchased = parts.purchased.copy()
+                    group.ids = ids
+                    group.blend_rank = _rank_in(blend_scores(parts), group, policy)
+                    group.short, group.long = rows.vectors(state, ev)
+                    group.item = np.array([index.get(i, -1) for i in ids], np.int32)
+                    group.feats = features_from(parts)
+                groups.append(group)
+            history.add(ev.item_id)
             fold(state, [ev], interest, vectors=table)
+            global_trend.fold([ev])
             if ev.category is not None:
                 trend = trends.get(ev.category)
                 if trend is None:
@@ -346,57 +442,123 @@ def _replay(
     return rows.examples(art.dim), unknown
 
 
-def _candidate_negatives(
-    state: Any, trends: dict[str, Any], ev: Event, n: int, rng: np.random.Generator
-) -> list[str]:
-    """n items drawn from what the stream would propose to the user now, never the positive."""
-    if n <= 0 or state.t_ref is None:
-        return []
-    from stream.candidates import generate
+def _rank_in(scores: np.ndarray, group: RankGroup, policy: str) -> int:
+    """0-based rank of the group's item under ``scores`` as stream.candidates.rank orders."""
+    from stream.candidates import DEMOTE_FACTOR
 
-    pool = [
-        c.item_id
-        for c in generate(state, trending=trends, global_top=(), policy="keep", limit=40)
-        if c.item_id != ev.item_id
-    ]
-    if not pool:
-        return []
-    return [pool[i] for i in rng.integers(0, len(pool), n).tolist()]
+    s = np.clip(np.nan_to_num(np.asarray(scores, np.float64), nan=0.0), 0.0, 1.0)
+    if policy == "demote" and group.purchased is not None:
+        s = np.where(group.purchased, s * DEMOTE_FACTOR, s)
+    p, mine = s[group.pos], group.ids[group.pos]
+    return int(np.sum(s > p)) + sum(
+        1 for n in np.flatnonzero(s == p).tolist() if group.ids[n] < mine
+    )
+
+
+def ranking_validation(
+    groups: Sequence[RankGroup],
+    network: DenseStack,
+    art: ModelArtifacts,
+    k: int,
+    serving: dict[str, Any],
+) -> dict[str, Any]:
+    """HR@k and NDCG@k of the network and of the blend on the validation window: the guard.
+
+    Every target-like validation event of a known user is one list: the union serving would
+    build at that moment (no retrieval: this model's retrieval of later items is what is
+    being validated), ranked once by the network and once by the transparent blend; an item
+    outside the union is a miss for both. ``use_network`` (the network is exported as the
+    ranker) only when it beats the blend: higher HR@k, or equal HR@k and higher NDCG@k.
+    """
+    net_ranks: list[int] = []
+    blend_ranks: list[int] = []
+    inside = [g for g in groups if g.pos >= 0]
+    for start in range(0, len(inside), 256):
+        chunk = inside[start : start + 256]
+        sizes = [len(g.ids) for g in chunk]
+        x = network_input(
+            np.repeat(np.stack([g.short for g in chunk]), sizes, axis=0),
+            np.repeat(np.stack([g.long for g in chunk]), sizes, axis=0),
+            np.concatenate([g.item for g in chunk]),
+            np.zeros(sum(sizes), bool),
+            np.concatenate([g.feats for g in chunk]),
+            art,
+        )
+        p = network.predict(x)
+        for g, part in zip(chunk, np.split(p, np.cumsum(sizes)[:-1]), strict=True):
+            net_ranks.append(_rank_in(part, g, serving["policy"]))
+            blend_ranks.append(g.blend_rank)
+    out: dict[str, Any] = {
+        "lists": len(groups),
+        "item_in_union": len(inside),
+        "k": k,
+        "candidate_limit": serving["limit"],
+    }
+    for name, ranks in (("network", net_ranks), ("blend", blend_ranks)):
+        r = np.asarray(ranks, np.int64)
+        hit = r < k
+        n = max(len(groups), 1)
+        out[name] = {
+            f"hr@{k}": float(hit.sum() / n),
+            f"ndcg@{k}": float(np.sum(1.0 / np.log2(r[hit] + 2.0)) / n),
+        }
+    net = (out["network"][f"hr@{k}"], out["network"][f"ndcg@{k}"])
+    bl = (out["blend"][f"hr@{k}"], out["blend"][f"ndcg@{k}"])
+    out["use_network"] = bool(len(groups) > 0 and net > bl)
+    out["rule"] = (
+        f"the network ranks the union only if it beat the blend on the validation window "
+        f"(HR@{k}, then NDCG@{k}); otherwise metadata.json ranking = blend"
+    )
+    return out
 
 
 class _Rows:
     """Accumulates training pairs; features come from stream.candidates (serving's code)."""
 
-    def __init__(self, art: ModelArtifacts, index: dict[str, int]) -> None:
-        self.art, self.index = art, index
+    def __init__(self, art: ModelArtifacts, index: dict[str, int], cold: float = 0.0) -> None:
+        self.art, self.index, self.cold = art, index, cold
         self.cat_of = dict(zip(art.item_ids, art.item_categories, strict=True))
         self.cols: dict[str, list[Any]] = {
-            k: [] for k in ("short", "long", "cat", "item", "label", "user", "ts", "feats")
+            k: [] for k in ("short", "long", "cat", "item", "label", "user", "ts", "feats", "cold")
         }
 
-    def add(
-        self, state: Any, trends: dict[str, Any], ev: Event, items: list[str], uid: int
-    ) -> None:
-        from stream.candidates import Candidate, components, features_from
+    def vectors(self, state: Any, ev: Event) -> tuple[np.ndarray, np.ndarray]:
+        """The user's raw short and long vectors at the event's time (zeros when none)."""
         from stream.interest import LONG, SHORT, interest_vector
 
-        warm = state.t_ref is not None
-        zeros = np.zeros(self.art.dim, np.float32)
-        s = interest_vector(state, SHORT, ev.ts) if warm and state.vectors is not None else None
-        lv = interest_vector(state, LONG, ev.ts) if warm and state.vectors is not None else None
+        if state.t_ref is None or state.vectors is None:
+            zeros = np.zeros(self.art.dim, np.float32)
+            return zeros, zeros
+        return interest_vector(state, SHORT, ev.ts), interest_vector(state, LONG, ev.ts)
+
+    def add(
+        self,
+        state: Any,
+        trends: dict[str, Any],
+        global_top: Sequence[tuple[str, str | None, float]],
+        ev: Event,
+        items: list[str],
+        uid: int,
+        rng: np.random.Generator,
+    ) -> None:
+        from stream.candidates import Candidate, components, features_from
+
+        s, lv = self.vectors(state, ev)
         cands = [Candidate(i, self._category(i, ev), "") for i in items]
-        parts = components(state, cands, trends, (), ev.ts)
+        parts = components(state, cands, trends, global_top, ev.ts)
         feats = features_from(parts)
+        cold = rng.random(len(items)) < self.cold if self.cold > 0 else np.zeros(len(items), bool)
         c = self.cols
         for n, item in enumerate(items):
-            c["short"].append(zeros if s is None else s)
-            c["long"].append(zeros if lv is None else lv)
+            c["short"].append(s)
+            c["long"].append(lv)
             c["cat"].append((*parts.cat[n], *parts.cat_total))
             c["item"].append(self.index.get(item, -1))
             c["label"].append(1.0 if n == 0 else 0.0)
             c["user"].append(uid)
             c["ts"].append(ev.ts)
             c["feats"].append(feats[n])
+            c["cold"].append(bool(cold[n]))
 
     def _category(self, item: str, ev: Event) -> str | None:
         """The catalog's category (as serving knows it), the event's for the event's item."""
@@ -418,6 +580,7 @@ class _Rows:
             user=np.asarray(c["user"], np.int32),
             ts=np.asarray(c["ts"], np.int64),
             feats=np.asarray(c["feats"], np.float32).reshape(-1, N_FEATURES),
+            cold=np.asarray(c["cold"], bool),
         )
 
 
@@ -452,6 +615,19 @@ class NegativeSampler:
 
 def features(ex: Examples, art: ModelArtifacts) -> np.ndarray:
     """The network input for examples, via the same function the SavedModel runs."""
+    return network_input(ex.short, ex.long, ex.item, ex.cold, ex.feats, art)
+
+
+def network_input(
+    short: np.ndarray,
+    long: np.ndarray,
+    item: np.ndarray,
+    cold: np.ndarray,
+    feats: np.ndarray,
+    art: ModelArtifacts,
+) -> np.ndarray:
+    """pair_features for pairs; an unknown (-1) or cold item gets zero embedding and
+    popularity, exactly what the SavedModel does for an item outside its catalog."""
     import tensorflow as tf
 
     emb = art.embeddings
@@ -463,16 +639,16 @@ def features(ex: Examples, art: ModelArtifacts) -> np.ndarray:
         ],
         np.float32,
     )
-    known = ex.item >= 0
-    safe = np.where(known, ex.item, 0)
+    known = (item >= 0) & ~np.asarray(cold, bool)
+    safe = np.where(known, item, 0)
     x = np.where(known[:, None], emb[safe], 0.0).astype(np.float32)
     pop = np.where(known, art.popularity[safe], 0.0).astype(np.float32)
     out = pair_features(
-        tf.constant(ex.short),
-        tf.constant(ex.long),
+        tf.constant(np.asarray(short, np.float32)),
+        tf.constant(np.asarray(long, np.float32)),
         tf.constant(x),
         tf.constant(pop),
-        tf.constant(ex.feats),
+        tf.constant(np.asarray(feats, np.float32)),
         tf.constant(scales),
     )
     return out.numpy()

@@ -25,8 +25,9 @@ from aiokafka.partitioner import murmur2
 from faust.streams import _current_event  # the context Faust tables take partitions from
 from faust.types import TP
 
-from stream import metrics
+from stream import metrics, trending
 from stream.app import StreamApp
+from stream.candidates import recommend_batch
 from stream.events import Event, EventParser, Rejection
 from stream.interest import (
     InterestConfig,
@@ -38,7 +39,10 @@ from stream.interest import (
     new_state,
     rebase,
 )
-from stream.recommend import DirtyUsers, build_message, now_ms, score_request
+from stream.kafka_clients import trending_topic
+from stream.recommend import DirtyUsers, build_message, now_ms
+from stream.trending import TrendConfig, decode_trend, encode_trend, fold_trend, new_trend
+from stream.trending_view import TrendingFollower
 
 log = logging.getLogger("interest.agents")
 
@@ -95,12 +99,20 @@ class Pipeline:
         self.scorer = open_scorer(self.settings)
         self.parser = EventParser.from_settings(self.settings, catalog=self.scorer.catalog)
         self.parser_model_version = self.scorer.model_version
+        self.trend_config = TrendConfig.from_settings(self.settings)
+        self.trend_changed: dict[str, int] = {}  # category -> its partition, not yet published
+        self.follower = TrendingFollower(self.settings, trending_topic(self.settings)).start()
         self.partition_of = UserPartitioner(self.settings.events_partitions)
         self.dirty = DirtyUsers(base_backoff_s=self.settings.rescore_interval_ms / 1000)
         self.contexts: dict[int, _PartitionEvent] = {}
+        # Decoded states of owned users: this worker is their only writer while it owns their
+        # partition, so the cache is exact; it is dropped on every rebalance.
+        self.cache: dict[str, UserState] = {}
+        self.cache_size = 200_000
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.scoring: asyncio.Future[Any] | None = None
         self.scan_pending = True
+        self.turn = 0
         self.started = time.time()
         self.last_batch_at = 0.0
 
@@ -110,17 +122,25 @@ class Pipeline:
         app.agent(self.sa.events, name="apply", concurrency=1)(self.apply_agent)
         app.timer(self.settings.rescore_interval_ms / 1000, name="rescore")(self.rescore_timer)
         app.timer(5.0, name="gauges")(self.gauges_timer)
+        app.agent(self.sa.by_category, name="trending", concurrency=1)(self.trend_agent)
+        app.timer(self.settings.trending_publish_interval_ms / 1000, name="trending-publish")(
+            self.publish_trends
+        )
         app.on_partitions_revoked.connect(self.on_revoked)
         app.on_partitions_assigned.connect(self.on_assigned)
         if self.settings.expire_threshold > 0:
             app.timer(60.0, name="expire")(self.expire_timer)
 
     async def on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
+        self.cache.clear()
+        gone = {tp.partition for tp in revoked}
+        self.trend_changed = {c: p for c, p in self.trend_changed.items() if p not in gone}
         self.dirty.drop_partitions(
             {tp.partition for tp in revoked if tp.topic == self.settings.topic_events}
         )
 
     async def on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
+        self.cache.clear()
         self.scan_pending = True
 
     # ------------------------------------------------------------------ partition context
@@ -139,8 +159,25 @@ class Pipeline:
             _current_event.reset(token)
 
     def read_state(self, user_id: str) -> UserState | None:
-        raw = self.sa.states.get(user_id.encode())
-        return decode(raw) if raw else None
+        state = self.cache.get(user_id)
+        if state is None:
+            raw = self.sa.states.get(user_id.encode())
+            if raw is None:
+                return None
+            state = self.remember(decode(raw))
+        return state
+
+    def remember(self, state: UserState) -> UserState:
+        if len(self.cache) >= self.cache_size:
+            del self.cache[next(iter(self.cache))]  # the oldest entry
+        self.cache[state.user_id] = state
+        return state
+
+    def write_state(self, state: UserState) -> None:
+        """Persist (RocksDB + changelog); the caller holds the user's partition context."""
+        value = encode(state)
+        metrics.STATE_BYTES.observe(len(value))
+        self.sa.states[state.user_id.encode()] = value
 
     # ------------------------------------------------------------------ apply
     async def apply_agent(self, stream: Any) -> None:
@@ -179,38 +216,47 @@ class Pipeline:
             group.positions.append((source, msg.offset))
             group.kafka_ts.append(ts_ms)
         self.refresh_model()
+        by_category: dict[str, list[list[Any]]] = defaultdict(list)
+        applied: dict[str, int] = defaultdict(int)
+        duplicates = 0
         for user_id, group in groups.items():
-            self.apply_user(user_id, group)
+            duplicates += self.apply_user(user_id, group, applied)
+            for event, (source, offset) in zip(group.events, group.positions, strict=True):
+                if event.category is not None and self.settings.trending_enabled:
+                    entry = [event.user_id, event.item_id, event.type, event.ts, event.weight]
+                    by_category[event.category].append([*entry, source, offset])
         for key, value in forwards:
             await self.sa.rekey.send(key=key, value=value)
+        for category, entries in by_category.items():
+            await self.sa.by_category.send(key=category.encode(), value=orjson.dumps(entries))
+        for type_, n in applied.items():
+            metrics.EVENTS.labels(type=type_).inc(n)
+        if duplicates:
+            metrics.DUPLICATES.inc(duplicates)
         self.last_batch_at = time.time()
 
-    def apply_user(self, user_id: str, group: _Applied) -> None:
-        """One read-modify-write of the user's state for all its events in the batch."""
+    def apply_user(self, user_id: str, group: _Applied, applied: dict[str, int]) -> int:
+        """One read-modify-write of the user's state for all its events in the batch.
+
+        Adds the applied events per type to ``applied``; returns the duplicates skipped.
+        """
         with self.partition_context(group.partition):
-            raw = self.sa.states.get(user_id.encode())
-            state = decode(raw) if raw else new_state(user_id)
-            vectors = self.scorer.item_vectors
-            if vectors is not None and state.model_version != vectors.version:
-                rebase(state, vectors)
-            result = fold(
+            state = self.read_state(user_id) or self.remember(new_state(user_id))
+            result = fold(  # re-bases the vectors itself when the model changed
                 state,
                 group.events,
                 self.config,
-                vectors=vectors,
+                vectors=self.scorer.item_vectors,
                 positions=group.positions,
                 kafka_ts=group.kafka_ts,
             )
-            if result.duplicates:
-                metrics.DUPLICATES.inc(result.duplicates)
             for type_, n in result.applied_by_type.items():
-                metrics.EVENTS.labels(type=type_).inc(n)
+                applied[type_] += n
             if result.applied:
-                value = encode(state)
-                metrics.STATE_BYTES.observe(len(value))
-                self.sa.states[user_id.encode()] = value
+                self.write_state(state)
         if result.applied or state.events_applied > state.published_events:
             self.dirty.mark(group.partition, user_id, state.last_event_kafka_ts or 0)
+        return result.duplicates
 
     async def reject(self, rejection: Rejection, msg: Any) -> None:
         """Dead-letter a bad record with the reason, and count it (CONTRACT section 1)."""
@@ -281,8 +327,15 @@ class Pipeline:
             return  # a hung scorer call still holds the thread: wait, never pile up
         actives = self.active_partitions()
         self.dirty.drop_partitions(set(self.dirty.by_partition) - actives)
-        while self.dirty.count():
-            taken = self.dirty.take(sorted(actives), self.settings.rescore_batch_size)
+        # Under load, rescoring takes at most half of each interval: the rest goes to applying
+        # events, and users that stay dirty meanwhile coalesce more events per publication.
+        deadline = time.monotonic() + self.settings.rescore_interval_ms / 2000
+        while self.dirty.count() and time.monotonic() < deadline:
+            order = sorted(actives)
+            self.turn = (self.turn + 1) % max(1, len(order))  # no partition waits behind another
+            taken = self.dirty.take(
+                order[self.turn :] + order[: self.turn], self.settings.rescore_batch_size
+            )
             if not taken:
                 break
             if not await self.rescore_batch(taken):
@@ -306,15 +359,11 @@ class Pipeline:
             kept.append((partition, user_id, ts))
         if not states:
             return True
-        dim = vectors.dim if vectors is not None else 1
-        request = score_request(
-            states, dim, self.settings.top_k, self.settings.purchased_policy.value == "exclude"
-        )
         model_version = self.scorer.model_version
         metrics.RESCORE_BATCH_SIZE.observe(len(states))
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        self.scoring = loop.run_in_executor(self.executor, self.scorer.recommend, request)
+        self.scoring = loop.run_in_executor(self.executor, self.rank, states)
         try:
             recs = await asyncio.wait_for(
                 asyncio.shield(self.scoring), self.settings.scorer_timeout_ms / 1000
@@ -326,6 +375,19 @@ class Pipeline:
         metrics.RESCORE_SECONDS.observe(time.perf_counter() - started)
         self.publish(states, kept, recs, model_version)
         return True
+
+    def rank(self, states: list[UserState]) -> list[Any]:
+        """The blended ranking of stream.candidates, run in the scorer thread."""
+        self.scorer.refresh()
+        return recommend_batch(
+            states,
+            trending=self.follower.view,
+            global_top=self.follower.top,
+            scorer=self.scorer,
+            k=self.settings.top_k,
+            policy=self.settings.purchased_policy.value,
+            limit=self.settings.candidate_limit,
+        )
 
     def publish(
         self,
@@ -344,7 +406,7 @@ class Pipeline:
                 current = self.read_state(user_id) or snapshot
                 current.version = max(current.version, snapshot.version) + 1
                 current.published_events = max(current.published_events, snapshot.events_applied)
-                self.sa.states[key] = encode(current)
+                self.write_state(current)
                 message = build_message(
                     snapshot, items, version=current.version, model_version=model_version
                 )
@@ -353,10 +415,47 @@ class Pipeline:
             if newest_ts:
                 metrics.EVENT_TO_RECOMMENDATION.observe(max(0.0, published_at - newest_ts / 1000))
 
+    # ------------------------------------------------------------------ trending
+    async def trend_agent(self, stream: Any) -> None:
+        within = self.settings.stream_batch_within_ms / 1000
+        async for batch in stream.take_events(self.settings.stream_batch_size, within=within):
+            self.fold_trends(batch)
+
+    def fold_trends(self, batch: Sequence[Any]) -> None:
+        """One read-modify-write per category per batch, deduplicated by source position."""
+        groups: dict[str, tuple[int, list[Event], list[tuple[int, int]]]] = {}
+        for ev in batch:
+            category = ev.message.key.decode()
+            group = groups.setdefault(category, (ev.message.partition, [], []))
+            for user, item, type_, ts, weight, source, offset in orjson.loads(ev.message.value):
+                group[1].append(Event(user, item, type_, ts, "", category, weight))
+                group[2].append((source, offset))
+        for category, (partition, events, positions) in groups.items():
+            key = category.encode()
+            with self.partition_context(partition):
+                raw = self.sa.trends.get(key)
+                trend = decode_trend(raw) if raw else new_trend(category, self.trend_config)
+                if fold_trend(trend, events, self.trend_config, positions):
+                    self.sa.trends[key] = encode_trend(trend)
+                    self.trend_changed[category] = partition
+
+    async def publish_trends(self) -> None:
+        """Publish the snapshots of categories that changed since the last round."""
+        changed, self.trend_changed = self.trend_changed, {}
+        published_at = now_ms()
+        for category in changed:
+            raw = self.sa.trends.get(category.encode())
+            if raw is None:
+                continue
+            snap = trending.snapshot(decode_trend(raw), self.settings.trending_items)
+            snap["published_at"] = published_at
+            await self.sa.trending.send(key=category.encode(), value=orjson.dumps(snap))
+
     # ------------------------------------------------------------------ housekeeping
     async def gauges_timer(self) -> None:
         try:
             metrics.DIRTY_USERS.set(self.dirty.count())
+            metrics.TRENDING_CATEGORIES.set(len(self.follower.view))
             metrics.USERS.set(self.count_users())
             await self.update_lag()
             self.refresh_model()

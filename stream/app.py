@@ -13,13 +13,21 @@ from typing import Any
 
 import faust
 
-from stream.kafka_clients import ensure_topics, faust_broker_url, faust_credentials, rekey_topic
+from stream.kafka_clients import (
+    by_category_topic,
+    ensure_topics,
+    faust_broker_url,
+    faust_credentials,
+    rekey_topic,
+    trending_topic,
+)
 from stream.settings import Settings
 
 log = logging.getLogger("interest.app")
 
 STATE_TABLE = "users"
 RECS_TABLE = "recommendations"
+TRENDS_TABLE = "trends"
 
 
 @dataclass
@@ -33,9 +41,11 @@ class StreamApp:
     dlq: faust.TopicT
     recommendations: faust.TopicT
     states: faust.Table  # user_id -> encoded UserState (stream.interest.encode)
-    published: (
-        faust.Table
-    )  # user_id -> last recommendation message; its changelog IS the output topic
+    # user_id -> last recommendation message; its changelog IS the output topic
+    published: faust.Table
+    by_category: faust.TopicT  # applied events grouped per category, keyed by category
+    trending: faust.TopicT  # compacted trending snapshots, followed by every worker
+    trends: faust.Table  # category -> encoded CategoryTrend (stream.trending.encode_trend)
 
 
 def make_app(settings: Settings) -> StreamApp:
@@ -95,7 +105,26 @@ def make_app(settings: Settings) -> StreamApp:
         key_type=bytes,
         value_type=bytes,
     )
-    return StreamApp(settings, app, events, rekey, dlq, recommendations, states, published)
+    by_category = app.topic(
+        by_category_topic(settings), partitions=settings.events_partitions, **raw
+    )
+    trending = app.topic(trending_topic(settings), **raw)
+    trends = app.Table(
+        TRENDS_TABLE, partitions=settings.events_partitions, key_type=bytes, value_type=bytes
+    )
+    return StreamApp(
+        settings,
+        app,
+        events,
+        rekey,
+        dlq,
+        recommendations,
+        states,
+        published,
+        by_category,
+        trending,
+        trends,
+    )
 
 
 def configure_logging(settings: Settings) -> None:

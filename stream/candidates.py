@@ -44,6 +44,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log1p_trend_long",
     "trend_long_rel",  # ... relative to the category's strongest item
     "purchased",  # the user bought it (the policy decides what that means)
+    "blend_own",  # the transparent blend's components (blend_parts), each in [0, 1] ...
+    "blend_cat",
+    "blend_trend",
+    "blend_score",  # ... and the blend score itself: the network can at least reproduce it
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -302,6 +306,8 @@ def features_from(parts: Components) -> np.ndarray:
         log1p(parts.trend[:, LONG]),
         rel,
         parts.purchased.astype(np.float64),
+        *blend_parts(parts),
+        blend_scores(parts),
     ]
     return np.stack(cols, axis=1).astype(np.float32).reshape(-1, N_FEATURES)
 
@@ -311,9 +317,10 @@ def features(
     candidates: Sequence[Candidate],
     trending: Mapping[str, TrendEntry],
     t: int | None = None,
+    global_top: Sequence[tuple[str, str | None, float]] = (),
 ) -> np.ndarray:
     """The network's per-pair features for the user's candidates (training and serving)."""
-    return features_from(components(state, candidates, trending, (), t))
+    return features_from(components(state, candidates, trending, global_top, t))
 
 
 # --------------------------------------------------------------------------- ranking
@@ -321,6 +328,14 @@ def features(
 
 def _norm(x: np.ndarray, mx: np.ndarray) -> np.ndarray:
     return np.clip(np.maximum(x, 0.0) / np.maximum(mx, EPS), 0.0, 1.0)
+
+
+def blend_parts(parts: Components) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(own, cat, trend), each (M,) in [0, 1]: the blend's components (see blend_scores)."""
+    own = _norm(parts.item, parts.item_max).mean(axis=1)
+    cat = _norm(parts.cat, parts.cat_max).mean(axis=1)
+    trend = np.maximum(_norm(parts.trend, parts.trend_max).mean(axis=1), parts.global_rel)
+    return own, cat, trend
 
 
 def blend_scores(parts: Components) -> np.ndarray:
@@ -334,9 +349,7 @@ def blend_scores(parts: Components) -> np.ndarray:
                 item's global trending score relative to the top one when that is larger;
     ``score`` = 0.5 * own + 0.3 * cat + 0.2 * trend.
     """
-    own = _norm(parts.item, parts.item_max).mean(axis=1)
-    cat = _norm(parts.cat, parts.cat_max).mean(axis=1)
-    trend = np.maximum(_norm(parts.trend, parts.trend_max).mean(axis=1), parts.global_rel)
+    own, cat, trend = blend_parts(parts)
     return np.clip(W_OWN * own + W_CAT * cat + W_TREND * trend, 0.0, 1.0)
 
 
@@ -394,6 +407,10 @@ def recommend_batch(
     the network's scores for every candidate; a user whose scores do not come back (model
     swapped out mid-call) falls back to the blend.  Without one: the blend.  ScorerError
     propagates so the caller can retry.
+
+    The guard: a model whose network did not beat the blend on its validation window
+    (``network_ranking`` false, from metadata.json) still supplies retrieval candidates,
+    but the union is ranked by the blend.
     """
     if not states:
         return []
@@ -414,7 +431,7 @@ def recommend_batch(
     ]
     parts = [components(s, c, trending, global_top) for s, c in zip(states, cands, strict=True)]
     scores: list[np.ndarray | None] = [None] * len(states)
-    if use_model:
+    if use_model and network_ranking(scorer):
         assert scorer is not None
         scores = _model_scores(states, cands, parts, scorer)
     return [
@@ -423,6 +440,15 @@ def recommend_batch(
         else blend(s, c, p, k, policy)
         for s, c, p, sc in zip(states, cands, parts, scores, strict=True)
     ]
+
+
+def network_ranking(scorer: Scorer | None) -> bool:
+    """Whether the scorer's model ranks the union (else the blend does): the guard.
+
+    Training compares the network with the blend on a validation window and records the
+    winner (metadata.json ``ranking``); a scorer without the attribute ranks with the model.
+    """
+    return scorer is not None and bool(getattr(scorer, "network_ranking", True))
 
 
 def _retrieve(

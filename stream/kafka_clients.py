@@ -109,12 +109,24 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, Mapping[str, str]]]:
         settings.topic_dlq: (1, {"retention.ms": str(14 * 86_400_000)}),
         settings.topic_recommendations: (n, {"cleanup.policy": "compact"}),
         rekey_topic(settings): (n, {}),
+        by_category_topic(settings): (n, {}),
+        trending_topic(settings): (n, {"cleanup.policy": "compact"}),
     }
 
 
 def rekey_topic(settings: Settings) -> str:
     """The repartition topic that carries records whose key is not their user id."""
     return f"{settings.app_id}-{settings.topic_events}-by-user"
+
+
+def by_category_topic(settings: Settings) -> str:
+    """Applied events re-keyed by category, for the trending aggregation."""
+    return f"{settings.app_id}-events-by-category"
+
+
+def trending_topic(settings: Settings) -> str:
+    """Compacted snapshots of each category's trending items, followed by every worker."""
+    return f"{settings.app_id}-trending"
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:

@@ -120,13 +120,14 @@ class DirtyUsers:
             users[user_id] = kafka_ts
 
     def take(self, partitions: Iterable[int], limit: int) -> list[tuple[int, str, int]]:
-        """Remove and return up to ``limit`` users of the given partitions."""
+        """Remove and return up to ``limit`` users of the given partitions, longest waiting
+        first (a user keeps its place in the queue when marked again)."""
         taken: list[tuple[int, str, int]] = []
         for partition in partitions:
             users = self.by_partition.get(partition)
             while users and len(taken) < limit:
-                user_id, ts = users.popitem()
-                taken.append((partition, user_id, ts))
+                user_id = next(iter(users))
+                taken.append((partition, user_id, users.pop(user_id)))
             if len(taken) >= limit:
                 break
         return taken

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     )
 
     # --- rescoring and output --------------------------------------------------------------
+    trending_enabled: bool = Field(
+        True, description="aggregate trending items per category (candidates for everyone)"
+    )
+    trending_publish_interval_ms: int = Field(
+        1000, ge=50, le=600_000, description="how often changed trending snapshots are published"
+    )
     rescore_interval_ms: int = Field(500, ge=10, le=3_600_000)
     rescore_batch_size: int = Field(256, ge=1, le=65_536)
     top_k: int = Field(20, ge=1, le=1000)

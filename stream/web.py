@@ -84,6 +84,17 @@ def register_views(sa: StreamApp, pipeline: Pipeline) -> None:
                 generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0]
             )
 
+    @app.page("/trending/{category}")
+    class Trending(View):
+        """This worker's local view of a category's trending items (no routing: every
+        worker follows every category)."""
+
+        async def get(self, request: Request, category: str) -> Response:
+            snap = pipeline.follower.view.get(category)
+            if snap is None:
+                return _json(self, {"error": f"no trending items for {category!r}"}, status=404)
+            return _json(self, snap)
+
     @app.page("/users/{user_id}/interest")
     class UserInterest(View):
         @app.table_route(table=sa.states, match_info="user_id")

@@ -70,6 +70,17 @@ def assert_exact(
         assert all(b > a for a, b in itertools.pairwise(seen)), f"{user}: versions {seen}"
 
 
+REASONS = {"your_interest", "trending_in_category", "similar_to_your_interests", "popular"}
+
+
+def assert_blended_items(msg: dict) -> None:
+    """Without a model the transparent blend still recommends, with scores and reasons."""
+    items = msg["items"]
+    assert 0 < len(items) <= 20, msg
+    assert all(0.0 <= i["score"] <= 1.0 and i["reason"] in REASONS for i in items), items
+    assert [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
+
+
 def test_end_to_end_taobao_exact(stack: Stack, taobao: Path, tmp_path: Path) -> None:
     """`interest produce` of the real file; every user's interests equal the formula."""
     events = read_taobao(taobao)
@@ -92,9 +103,8 @@ def test_end_to_end_taobao_exact(stack: Stack, taobao: Path, tmp_path: Path) -> 
         assert_exact(expected, collector, 120, [worker])
         some_user = next(iter(expected))
         body = http_json(f"{worker.url}/users/{some_user}/recommendations")
-        assert (
-            body["user_id"] == some_user and body["items"] == [] and body["model_version"] is None
-        )
+        assert body["user_id"] == some_user and body["model_version"] is None
+        assert_blended_items(body)
         state = http_json(
             f"{worker.url}/users/{some_user}/interest?at={expected[some_user]['t_ref']}"
         )
@@ -357,3 +367,71 @@ def test_failing_scorer_never_stalls_state_updates(
         worker.stop()
         if server:
             server.close()
+
+
+def test_trending_reaches_every_worker_and_single_event_users_get_reasons(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A category aggregated on one worker is readable on the other; a one-event user gets
+    recommendations with reasons from the first event."""
+    w1 = WorkerProc(stack, tmp_path / "w1", "w1").start()
+    w2 = WorkerProc(stack, tmp_path / "w2", "w2").start()
+    recs = Collector(stack.bootstrap, stack.recommendations)
+    try:
+        w1.wait_ready()
+        w2.wait_ready()
+        ts = 1_700_000_000_000
+        crowd = [
+            (
+                f"u{n}".encode(),
+                json.dumps(
+                    {
+                        "user_id": f"u{n}",
+                        "item_id": f"hot{n % 3}",
+                        "type": "purchase",
+                        "ts": ts + n,
+                        "category": f"cat{n % 4}",
+                    }
+                ).encode(),
+            )
+            for n in range(40)
+        ]
+        produce(stack.bootstrap, stack.events, crowd)
+        for category in ("cat0", "cat1", "cat2", "cat3"):
+            for worker in (w1, w2):
+                wait_until(
+                    lambda w=worker, c=category: (http_json(f"{w.url}/trending/{c}") or {}).get(
+                        "items"
+                    ),
+                    60,
+                    lambda w=worker, c=category: f"{c} not visible on {w.name}:\n{w.log_tail()}",
+                )
+        from stream.agents import UserPartitioner
+
+        owned = {w.name: set(w.health()["active_partitions"]) for w in (w1, w2)}
+        partitions = {UserPartitioner(stack.partitions)(f"cat{n}") for n in range(4)}
+        assert all(partitions - mine for mine in owned.values()), (partitions, owned)
+        hot = http_json(f"{w1.url}/trending/cat0")["items"]
+        assert (
+            set(hot) <= {"hot0", "hot1", "hot2"}
+            and hot == http_json(f"{w2.url}/trending/cat0")["items"]
+        )
+        single = json.dumps(
+            {
+                "user_id": "newbie",
+                "item_id": "hot0",
+                "type": "browse",
+                "ts": ts + 100,
+                "category": "cat0",
+            }
+        )
+        produce(stack.bootstrap, stack.events, [(b"newbie", single.encode())])
+        msg = wait_until(
+            lambda: recs.latest.get("newbie"), 60, "no recommendation for a one-event user"
+        )
+        assert_blended_items(msg)
+        assert {i["reason"] for i in msg["items"]} & {"trending_in_category", "popular"}
+    finally:
+        recs.close()
+        w1.stop()
+        w2.stop()

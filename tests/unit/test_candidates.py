@@ -14,8 +14,12 @@ from stream.candidates import (
     W_CAT,
     W_OWN,
     W_TREND,
+    blend,
+    blend_scores,
     candidate_batch,
+    components,
     features,
+    features_from,
     generate,
     recommend_batch,
 )
@@ -178,8 +182,70 @@ def test_model_scores_every_candidate_including_new_items(toy_model) -> None:
     assert np.all((scores[0] >= 0) & (scores[0] <= 1))
     recs = recommend_batch([state], trending=trending, global_top=(), scorer=scorer, k=5)[0]
     assert 0 < len(recs) <= 5 and all(0 <= r.score <= 1 and r.reason in REASONS for r in recs)
+    if not scorer.network_ranking:  # the guard chose the blend for this toy model
+        scorer = _Guarded(scorer, True)
+        recs = recommend_batch([state], trending=trending, global_top=(), scorer=scorer, k=5)[0]
     want = dict(zip([c.item_id for c in cands], scores[0], strict=True))
     for r in recs:  # scores are the network's, demote aside (u0 bought nothing)
         assert r.score == pytest.approx(float(want[r.item_id]), rel=1e-5) or r.reason == (
             "similar_to_your_interests"
         )
+
+
+class _Guarded:
+    """A scorer whose guard says ``network_ranking``; counts score_candidates calls."""
+
+    def __init__(self, inner, network_ranking: bool) -> None:
+        self.inner, self.network_ranking, self.scored = inner, network_ranking, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score_candidates(self, batch):
+        self.scored += 1
+        return self.inner.score_candidates(batch)
+
+
+def test_guard_ranks_with_the_blend_when_the_network_lost(toy_model) -> None:
+    model, events = toy_model
+    inner = model.scorer()
+    assert isinstance(inner.network_ranking, bool)
+    assert inner.network_ranking == model.metrics["ranking"]["use_network"]
+    vectors = model.item_vectors(inner.model_version)
+    state = new_state("u1", ICFG)
+    fold(state, [e for e in events if e.user_id == "u1"], ICFG, vectors=vectors)
+    trend = new_trend("c1", TCFG)
+    fold_trend(trend, events, TCFG)
+    trending = {"c1": snapshot(trend)}
+    retrieved = [[Recommended("i0", 0.9, "c0", "similar_to_your_interests")]]
+    guarded = _Guarded(inner, False)
+    got = recommend_batch(
+        [state], trending=trending, global_top=(), scorer=guarded, k=8, retrieved=retrieved
+    )[0]
+    assert guarded.scored == 0  # the network is not asked
+    cands = generate(state, trending=trending, global_top=(), retrieved=retrieved[0])
+    parts = components(state, cands, trending, ())
+    want = blend(state, cands, parts, 8, "demote")
+    assert got == want and "i0" in {c.item_id for c in cands}
+    used = _Guarded(inner, True)
+    recommend_batch(
+        [state], trending=trending, global_top=(), scorer=used, k=8, retrieved=retrieved
+    )
+    assert used.scored == 1
+
+
+def test_blend_columns_reproduce_the_blend() -> None:
+    trending, top = world()
+    state = heavy_user()
+    cands = generate(state, trending=trending, global_top=top, limit=50)
+    parts = components(state, cands, trending, top)
+    f = features_from(parts)
+    col = {n: f[:, k] for k, n in enumerate(FEATURE_NAMES)}
+    np.testing.assert_allclose(col["blend_score"], blend_scores(parts), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        W_OWN * col["blend_own"] + W_CAT * col["blend_cat"] + W_TREND * col["blend_trend"],
+        col["blend_score"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_array_equal(f, features(state, cands, trending, global_top=top))

@@ -225,3 +225,12 @@ def test_data_fingerprint_depends_on_content_not_order(tmp_path: Path) -> None:
     b.write_text("3,5\n")
     assert data_fingerprint([a, b]) != f1
     json.dumps(f1)
+
+
+def test_metadata_records_the_ranking_guard(exported, tmp_path: Path) -> None:
+    from models.export import RANKING_BLEND, RANKING_NETWORK, ranking_mode
+
+    assert read_metadata(exported[1])["ranking"] == RANKING_NETWORK  # no guard recorded
+    assert ranking_mode({"ranking": {"use_network": True}}) == RANKING_NETWORK
+    path = export_version(toy_artifacts(), tmp_path, metrics={"ranking": {"use_network": False}})
+    assert read_metadata(path)["ranking"] == RANKING_BLEND

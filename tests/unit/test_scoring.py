@@ -296,3 +296,17 @@ def test_score_candidates_without_model_or_server(tmp_path: Path) -> None:
     down = TFServingScorer("http://127.0.0.1:9", "interest", tmp_path, retries=0, timeout_s=0.2)
     with pytest.raises(ScorerError):
         down.score_candidates(batch)
+
+
+def test_scorers_expose_the_ranking_guard(
+    standin: StandinServer, model_dir: Path, local: LocalScorer, tmp_path: Path
+) -> None:
+    assert local.network_ranking is True  # metadata.json ranking = network
+    lost = tmp_path / "lost"
+    export_version(toy_artifacts(seed=0), lost, metrics={"ranking": {"use_network": False}})
+    guarded = LocalScorer(lost, watch=False)
+    assert guarded.network_ranking is False and guarded.model_version is not None
+    guarded.close()
+    assert LocalScorer(tmp_path / "none", watch=False).network_ranking is True
+    remote = TFServingScorer(standin.url, "interest", model_dir)
+    assert remote.network_ranking is True

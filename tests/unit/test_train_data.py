@@ -85,6 +85,45 @@ def test_replay_features_equal_the_contract_formula() -> None:
         assert art.item_ids[ex.item[r]] == e.item_id
 
 
+def test_replay_keeps_cold_positives_and_simulates_cold_items() -> None:
+    events = synthetic_events(users=6, per_user=12)
+    settings = Settings()
+    early = events[: len(events) // 2]
+    stage = _fit_embeddings(early, SMALL, settings, 0, _Steps(None), "mf")
+    interest = InterestConfig.from_settings(settings)
+    cfg = TrainConfig(mf=SMALL.mf, ranker=SMALL.ranker, refit_full=False, cold_fraction=0.5)
+    ex, unknown = _replay(events, stage, cfg, interest, np.random.default_rng(0), _Steps(None), "r")
+    known = set(stage.artifacts.item_ids)
+    assert unknown == sum(e.item_id not in known for e in events)
+    assert ex.label.sum() == len(events)  # every event is a positive, known to the model or not
+    pos = ex.label == 1
+    assert unknown == 0 or (ex.item[pos] == -1).sum() == unknown
+    assert 0.4 < ex.cold.mean() < 0.6 and ex.cold[pos].any() and ex.cold[~pos].any()
+    # a cold pair's network input is exactly that of an item unknown to the model
+    from models.train import features
+
+    x = features(ex, stage.artifacts)
+    hot = np.flatnonzero(ex.cold & (ex.item >= 0))[0]
+    as_unknown = ex.take(np.arange(len(ex)) == hot)
+    as_unknown.item[:] = -1
+    as_unknown.cold[:] = False
+    np.testing.assert_allclose(x[hot], features(as_unknown, stage.artifacts)[0], rtol=1e-6)
+    again, _ = _replay(events, stage, cfg, interest, np.random.default_rng(0), _Steps(None), "r")
+    np.testing.assert_array_equal(again.cold, ex.cold)  # seeded
+
+
+def test_train_reports_the_ranking_guard() -> None:
+    model = train(synthetic_events(), Settings(), seed=3, config=SMALL)
+    guard = model.metrics["ranking"]
+    assert guard["lists"] > 0 and 0 <= guard["item_in_union"] <= guard["lists"]
+    for name in ("network", "blend"):
+        assert 0.0 <= guard[name]["hr@20"] <= 1.0 and 0.0 <= guard[name]["ndcg@20"] <= 1.0
+    net = (guard["network"]["hr@20"], guard["network"]["ndcg@20"])
+    blend = (guard["blend"]["hr@20"], guard["blend"]["ndcg@20"])
+    assert guard["use_network"] == (net > blend)
+    assert model.scorer().network_ranking == guard["use_network"]
+
+
 def test_negative_sampler_mix_never_returns_the_positive() -> None:
     counts = np.array([100.0, 1.0, 1.0, 1.0, 0.0])
     s = NegativeSampler(counts, n_popular=3, n_uniform=2)
