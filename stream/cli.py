@@ -328,8 +328,10 @@ def evaluate(
 def demo(
     config: ConfigOpt = None,
     users: Annotated[int, typer.Option(help="Synthetic users to simulate.")] = 200,
-    events: Annotated[int, typer.Option(help="Synthetic events to replay.")] = 20_000,
-    rate: Annotated[float, typer.Option(help="Events per second.")] = 2000.0,
+    events: Annotated[
+        int, typer.Option(help="Synthetic events: as many for training, as many replayed.")
+    ] = 6_000,
+    rate: Annotated[float, typer.Option(help="Replay rate, events per second.")] = 500.0,
     work_dir: Annotated[
         Path, typer.Option(help="Where the demo keeps broker, state and model.")
     ] = Path(".interest/demo"),

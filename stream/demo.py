@@ -33,9 +33,8 @@ def broker_reachable(settings: Settings, timeout_s: float = 3.0) -> bool:
     from stream.kafka_clients import confluent_config
 
     try:
-        AdminClient(confluent_config(settings, **{"socket.timeout.ms": 2000})).list_topics(
-            timeout=timeout_s
-        )
+        conf = confluent_config(settings, **{"socket.timeout.ms": 2000, "log_level": 0})
+        AdminClient(conf).list_topics(timeout=timeout_s)
         return True
     except Exception:
         return False
@@ -102,14 +101,15 @@ def run_demo(
     events: int,
     rate: float,
     work_dir: Path,
-    linger_s: float = 10.0,
+    model_wait_s: float = 240.0,
 ) -> int:
     """Run the demo; return the exit code (0 when recommendations flowed)."""
     from stream import broker
 
     work_dir = work_dir.resolve()
     started_broker = False
-    worker = trainer = None
+    procs: list[subprocess.Popen[bytes]] = []
+    stop_tail = threading.Event()
     if not broker_reachable(settings):
         console.print(f"no Kafka at {settings.kafka_bootstrap}: starting a local broker")
         port = int(settings.kafka_bootstrap.split(",")[0].rpartition(":")[2])
@@ -117,7 +117,8 @@ def run_demo(
         settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
         started_broker = True
     model_dir = work_dir / "model"
-    records = generate(users, events * 2, seed=11, start_ms=int(time.time() * 1000) - 4 * 3_600_000)
+    start_ms = int(time.time() * 1000) - 4 * 3_600_000
+    records = generate(users, events * 2, seed=11, start_ms=start_ms)
     history, live = records[:events], records[events:]
     history_file = write_jsonl(history, work_dir / "history.jsonl")
     env = {
@@ -130,62 +131,93 @@ def run_demo(
     }
     cli = [sys.executable, "-m", "stream.cli"]
     view = LiveView()
+    health = f"http://{settings.web_host}:{settings.web_port}/health"
     try:
         if not any(p.name.isdigit() for p in model_dir.glob("*")):
             console.print("training a model on the synthetic history in the background ...")
-            trainer = start_process(
-                [*cli, "train", str(history_file), "--out", str(model_dir)],
-                work_dir / "train.log",
-                env,
-            )
+            train = [*cli, "train", str(history_file), "--out", str(model_dir), "--epochs", "2"]
+            procs.append(start_process(train, work_dir / "train.log", env))
         worker = start_process([*cli, "worker"], work_dir / "worker.log", env)
-        health = f"http://{settings.web_host}:{settings.web_port}/health"
+        procs.append(worker)
         if not wait_healthy(health, worker, 120):
             console.print(
                 f"[red]the worker did not become healthy; see {work_dir / 'worker.log'}[/]"
             )
             return 1
-        tail_thread = threading.Thread(
+        threading.Thread(
             target=tail_recommendations,
-            kwargs={"settings": settings, "on_message": view.add, "idle_timeout_s": 3600.0},
+            kwargs={"settings": settings, "on_message": view.add, "stop": stop_tail},
             daemon=True,
-        )
-        tail_thread.start()
+        ).start()
         shift = int(time.time() * 1000) - live[0]["ts"]
         for record in live:
             record["ts"] += shift
-        produced: dict[str, Any] = {}
-        producer = threading.Thread(
-            target=lambda: produced.setdefault("report", send_records(settings, live, rate=rate)),
-            daemon=True,
-        )
-        producer.start()
-        done_at: float | None = None
+        half = len(live) // 2
         with Live(view.render("starting"), console=console, refresh_per_second=2) as screen:
-            while True:
-                time.sleep(0.5)
-                model = fetch_json(health).get("model_version")
-                status = (
-                    f"{view.messages} recommendations for {len(view.latest)} users; "
-                    f"model {model or 'training...'}; replaying {len(live)} events at {rate:.0f}/s"
-                )
-                screen.update(view.render(status))
-                if not producer.is_alive() and done_at is None:
-                    done_at = time.monotonic()
-                if done_at is not None and time.monotonic() - done_at > linger_s:
-                    break
-        report = produced.get("report")
-        console.print(report.describe() if report else "producer did not finish")
+            replay(settings, live[:half], rate, view, screen, health, "before the model")
+            wait_for_model(view, screen, health, model_wait_s)
+            replay(settings, live[half:], rate, view, screen, health, "with the model")
+        with_model = sum(1 for m in view.latest.values() if m.get("model_version"))
         console.print(
-            f"[bold]{view.messages}[/] recommendation messages for {len(view.latest)} users. "
-            f"Logs and state in {work_dir}."
+            f"[bold]{view.messages}[/] recommendation messages for {len(view.latest)} users "
+            f"({with_model} users' latest from a model). Logs and state in {work_dir}."
         )
         return 0 if view.messages else 1
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
     finally:
-        stop(worker)
-        stop(trainer)
+        stop_tail.set()
+        for proc in procs:
+            stop(proc)
         if started_broker:
             broker.down(data_dir=work_dir / "kafka")
+
+
+def status_line(view: LiveView, health: str, phase: str) -> str:
+    try:
+        model = fetch_json(health, timeout_s=2).get("model_version")
+    except RuntimeError:
+        model = "?"
+    return (
+        f"{view.messages} recommendations for {len(view.latest)} users; "
+        f"model {model or 'training...'}; replaying {phase}"
+    )
+
+
+def replay(
+    settings: Settings,
+    records: list[dict[str, Any]],
+    rate: float,
+    view: LiveView,
+    screen: Live,
+    health: str,
+    phase: str,
+) -> None:
+    """Send ``records`` at ``rate`` in a thread while the screen refreshes."""
+    done: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: done.setdefault("report", send_records(settings, records, rate=rate)),
+        daemon=True,
+    )
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+        screen.update(view.render(status_line(view, health, f"{len(records)} events {phase}")))
+    linger = time.monotonic() + 3
+    while time.monotonic() < linger:
+        time.sleep(0.5)
+        screen.update(view.render(status_line(view, health, f"done {phase}")))
+
+
+def wait_for_model(view: LiveView, screen: Live, health: str, timeout_s: float) -> None:
+    """Until the worker reports a model version (training runs in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if fetch_json(health, timeout_s=2).get("model_version"):
+                return
+        except RuntimeError:
+            pass
+        time.sleep(0.5)
+        screen.update(view.render(status_line(view, health, "paused, waiting for the model")))

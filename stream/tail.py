@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,8 +49,9 @@ def tail_recommendations(
     max_messages: int | None = None,
     idle_timeout_s: float | None = None,
     on_message: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Print recommendation messages until interrupted, a count, or an idle timeout."""
+    """Print recommendation messages until interrupted, a count, an idle timeout or ``stop``."""
     from confluent_kafka import Consumer, KafkaError
 
     console = Console()
@@ -67,7 +69,7 @@ def tail_recommendations(
     seen = 0
     last = time.monotonic()
     try:
-        while max_messages is None or seen < max_messages:
+        while (max_messages is None or seen < max_messages) and not (stop and stop.is_set()):
             msg = consumer.poll(0.5)
             if msg is None:
                 if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
