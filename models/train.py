@@ -69,6 +69,7 @@ class TrainConfig:
     # popularity, so it learns to rank cold items from the per-pair features
     cold_fraction: float = 0.4
     ranking_k: int = 20  # the guard compares HR@k / NDCG@k of network and blend
+    retrieval_k: int = 50  # retrieval results in the replayed union (recommend_batch's)
     split_quantile: float = 0.8
     num_candidates: int = 50
     refit_full: bool = True
@@ -340,6 +341,58 @@ class RankGroup:
     purchased: np.ndarray | None = None  # (M,) bool
 
 
+class _Retrieval:
+    """The `recommend` signature's retrieval stage in numpy (see models.export._retrieval).
+
+    (unit short + unit long) . unit item embedding + category_weight x the user's share in
+    the item's category (both horizons) + popularity_weight x normalised popularity; the
+    top k. The replay adds these to the union as serving does (reason
+    ``similar_to_your_interests``): without them training and validation would never see
+    the model's own retrieval candidates, the items its embedding favours.
+    """
+
+    def __init__(self, art: ModelArtifacts, k: int) -> None:
+        emb = art.embeddings.astype(np.float32)
+        self.unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-6)
+        self.cat_idx = art.item_category_index()
+        self.cat_pos = {c: n for n, c in enumerate(art.categories)}
+        self.n_cat = len(art.categories)
+        pop = art.popularity.astype(np.float32)
+        self.bias = art.popularity_weight * pop / max(float(pop.max(initial=0)), 1e-6)
+        self.cat_weight = art.category_weight
+        self.ids = art.item_ids
+        self.index = {i: n for n, i in enumerate(art.item_ids)}
+        self.names = [None if c.startswith("__") else c for c in art.item_categories]
+        self.k = min(k, len(art.item_ids))
+
+    def __call__(self, state: Any, short: np.ndarray, long: np.ndarray, policy: str) -> list[Any]:
+        from models.scoring import Recommended
+        from stream.interest import LONG, SHORT
+
+        if self.k <= 0:
+            return []
+        user = short / max(float(np.linalg.norm(short)), 1e-6)
+        user = user + long / max(float(np.linalg.norm(long)), 1e-6)
+        score = self.unit @ user.astype(np.float32) + self.bias
+        share = np.zeros((2, self.n_cat), np.float64)
+        for name, v in state.categories.items():
+            share[:, self.cat_pos.get(name, self.n_cat - 1)] += (v[SHORT], v[LONG])
+        share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-6)
+        score = score + self.cat_weight * share.sum(axis=0)[self.cat_idx]
+        if policy == "exclude" and state.purchased:
+            for item in state.purchased:
+                n = self.index.get(item)
+                if n is not None:
+                    score[n] = -np.inf
+        top = np.argpartition(-score, self.k - 1)[: self.k]
+        top = top[np.argsort(-score[top], kind="stable")]
+        return [
+            Recommended(self.ids[n], 0.0, self.names[n], "similar_to_your_interests")
+            for n in top.tolist()
+            if score[n] > -np.inf
+        ]
+
+
 def _replay(
     events: Sequence[Event],
     stage: Stage,
@@ -382,6 +435,7 @@ def _replay(
     trend_cfg = TrendConfig(interest.half_life_short_ms, interest.half_life_long_ms, trending_items)
     sampler = NegativeSampler(stage.interactions.item_counts, cfg.neg_popular, cfg.neg_uniform)
     rows = _Rows(art, index, cfg.cold_fraction)
+    retrieval = _Retrieval(art, cfg.retrieval_k)
     states: dict[str, Any] = {}
     users: dict[str, int] = {}
     seen: dict[str, set[str]] = {}
@@ -400,8 +454,14 @@ def _replay(
             gtop: list[tuple[str, str | None, float]] = []
             if state.t_ref is not None:
                 gtop = global_trend.top(GLOBAL_TOP, ev.ts)
+                retrieved = retrieval(state, *rows.vectors(state, ev), policy)
                 cands = generate(
-                    state, trending=trends, global_top=gtop, policy=policy, limit=limit
+                    state,
+                    trending=trends,
+                    global_top=gtop,
+                    retrieved=retrieved,
+                    policy=policy,
+                    limit=limit,
                 )
             negs = [
                 art.item_ids[i] for i in sampler.sample(rng, exclude=-1 if pos is None else pos)
@@ -465,10 +525,10 @@ def ranking_validation(
     """HR@k and NDCG@k of the network and of the blend on the validation window: the guard.
 
     Every target-like validation event of a known user is one list: the union serving would
-    build at that moment (no retrieval: this model's retrieval of later items is what is
-    being validated), ranked once by the network and once by the transparent blend; an item
-    outside the union is a miss for both. ``use_network`` (the network is exported as the
-    ranker) only when it beats the blend: higher HR@k, or equal HR@k and higher NDCG@k.
+    build at that moment (with this model's retrieval), ranked once by the network and once
+    by the transparent blend; an item outside the union is a miss for both. ``use_network``
+    (the network is exported as the ranker) only when it beats the blend: higher HR@k, or
+    equal HR@k and higher NDCG@k.
     """
     net_ranks: list[int] = []
     blend_ranks: list[int] = []

@@ -111,7 +111,7 @@ class Pipeline:
         self.cache_size = 200_000
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.scoring: asyncio.Future[Any] | None = None
-        self.scan_pending = True
+        self.scan_pending = False  # set once the state table has recovered
         self.turn = 0
         self.started = time.time()
         self.last_batch_at = 0.0
@@ -128,6 +128,7 @@ class Pipeline:
         )
         app.on_partitions_revoked.connect(self.on_revoked)
         app.on_partitions_assigned.connect(self.on_assigned)
+        self.sa.states.on_recover(self.on_states_recovered)
         if self.settings.expire_threshold > 0:
             app.timer(60.0, name="expire")(self.expire_timer)
 
@@ -141,6 +142,11 @@ class Pipeline:
 
     async def on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
         self.cache.clear()
+
+    async def on_states_recovered(self) -> None:
+        """The state stores are complete only now: look for users applied, never published.
+
+        (Scanning at assignment time would read stores still being opened or restored.)"""
         self.scan_pending = True
 
     # ------------------------------------------------------------------ partition context
@@ -254,7 +260,7 @@ class Pipeline:
                 applied[type_] += n
             if result.applied:
                 self.write_state(state)
-        if result.applied or state.events_applied > state.published_events:
+        if result.applied or state.events_applied > self.last_published(user_id)[1]:
             self.dirty.mark(group.partition, user_id, state.last_event_kafka_ts or 0)
         return result.duplicates
 
@@ -312,7 +318,7 @@ class Pipeline:
             if partition not in actives:
                 continue
             state = decode(raw)
-            if state.events_applied > state.published_events:
+            if state.events_applied > self.last_published(user_id)[1]:
                 self.dirty.mark(partition, user_id, state.last_event_kafka_ts or 0)
                 found += 1
         self.scan_pending = False
@@ -326,7 +332,12 @@ class Pipeline:
         if self.scoring is not None and not self.scoring.done():
             return  # a hung scorer call still holds the thread: wait, never pile up
         actives = self.active_partitions()
-        self.dirty.drop_partitions(set(self.dirty.by_partition) - actives)
+        gone = {
+            p for p in self.dirty.by_partition if p not in actives and self.dirty.by_partition[p]
+        }
+        if gone:
+            log.info("dropping dirty users of partitions no longer owned: %s", sorted(gone))
+            self.dirty.drop_partitions(gone)
         # Under load, rescoring takes at most half of each interval: the rest goes to applying
         # events, and users that stay dirty meanwhile coalesce more events per publication.
         deadline = time.monotonic() + self.settings.rescore_interval_ms / 2000
@@ -352,6 +363,9 @@ class Pipeline:
         for partition, user_id, ts in taken:
             state = self.read_state(user_id)
             if state is None:
+                log.warning(
+                    "dirty user %r has no state on partition %d; skipped", user_id, partition
+                )
                 continue
             if vectors is not None and state.model_version != vectors.version:
                 rebase(state, vectors)
@@ -376,6 +390,19 @@ class Pipeline:
         self.publish(states, kept, recs, model_version)
         return True
 
+    def last_published(self, user_id: str) -> tuple[int, int]:
+        """(version, events_applied) of the user's last message in the output topic.
+
+        The recommendations table is restored from the output topic itself, so this is what
+        subscribers saw, even when a crash lost a write in between: the next version is
+        above it, and a state with more events than it is still to be published.
+        """
+        raw = self.sa.published.get(user_id.encode())
+        if raw is None:
+            return 0, 0
+        message = orjson.loads(raw)
+        return int(message["version"]), int(message["events_applied"])
+
     def rank(self, states: list[UserState]) -> list[Any]:
         """The blended ranking of stream.candidates, run in the scorer thread."""
         self.scorer.refresh()
@@ -396,21 +423,14 @@ class Pipeline:
         recs: list[Any],
         model_version: str | None,
     ) -> None:
-        """Bump each user's version in its state and publish the message (no awaits: atomic)."""
+        """One write per user: the message goes to the recommendations table, whose changelog
+        is the output topic; its version is one above the last one published."""
         published_at = time.time()
-        for snapshot, (partition, user_id, newest_ts), items in zip(
-            states, kept, recs, strict=True
-        ):
-            key = user_id.encode()
+        for state, (partition, user_id, newest_ts), items in zip(states, kept, recs, strict=True):
+            version = self.last_published(user_id)[0] + 1
+            message = build_message(state, items, version=version, model_version=model_version)
             with self.partition_context(partition):
-                current = self.read_state(user_id) or snapshot
-                current.version = max(current.version, snapshot.version) + 1
-                current.published_events = max(current.published_events, snapshot.events_applied)
-                self.write_state(current)
-                message = build_message(
-                    snapshot, items, version=current.version, model_version=model_version
-                )
-                self.sa.published[key] = orjson.dumps(message)
+                self.sa.published[user_id.encode()] = orjson.dumps(message)
             metrics.PUBLISHED.inc()
             if newest_ts:
                 metrics.EVENT_TO_RECOMMENDATION.observe(max(0.0, published_at - newest_ts / 1000))

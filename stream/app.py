@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,6 +30,7 @@ log = logging.getLogger("interest.app")
 STATE_TABLE = "users"
 RECS_TABLE = "recommendations"
 TRENDS_TABLE = "trends"
+RUNNING_MARKER = "worker.running"  # present while a worker uses the data directory
 
 
 @dataclass
@@ -153,6 +156,9 @@ def run_worker(settings: Settings) -> None:
     pipeline.register()
     register_views(stream_app, pipeline)
     log.info("worker settings: %s", _safe(settings))
+    marker = settings.data_dir / RUNNING_MARKER
+    discard_stores_after_crash(marker, Path(stream_app.app.conf.tabledir))
+    marker.write_text(str(os.getpid()))
     worker = faust.Worker(
         stream_app.app,
         loglevel=settings.log_level,
@@ -160,7 +166,28 @@ def run_worker(settings: Settings) -> None:
         redirect_stdouts=False,
         override_logging=False,
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        marker.unlink(missing_ok=True)  # a clean stop: the stores match their changelogs
+
+
+def discard_stores_after_crash(marker: Path, tabledir: Path) -> None:
+    """After a crash, rebuild the local stores from their changelogs.
+
+    A killed worker can leave RocksDB values whose changelog records were never produced
+    (Faust writes the store first and flushes the changelog only before a commit). Kept,
+    such a value is ahead of Kafka: its events are skipped as duplicates on replay, and the
+    next owner of the partition, restoring from the changelog, would lose them. So a data
+    directory not released by a clean stop is discarded; its content comes back from Kafka.
+    """
+    if marker.exists() and tabledir.exists():
+        log.warning(
+            "the previous worker on %s did not stop cleanly: rebuilding its state stores "
+            "from their changelogs",
+            marker.parent,
+        )
+        shutil.rmtree(tabledir)
 
 
 def _safe(settings: Settings) -> dict[str, Any]:

@@ -102,8 +102,6 @@ class UserState:
     events_applied: int = 0
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest applied offset
     recent_ids: dict[int, None] = field(default_factory=dict)  # 48-bit id digests, oldest first
-    version: int = 0  # of the last recommendation published for this user
-    published_events: int = 0  # events_applied when it was published: less means pending
     last_event_kafka_ts: int | None = None
     item_categories: dict[str, str] = field(default_factory=dict)  # kept item -> its category
     purchased: set[str] = field(default_factory=set)  # kept items the user bought
@@ -464,10 +462,9 @@ def is_expired(state: UserState, now_ms: int, threshold: float) -> bool:
 
 # --------------------------------------------------------------------------- encoding
 
-# format, flags, t_ref, half-lives, version, kafka ts, events applied, events published;
-# then the counts of
-# types, partitions, digests, category names, categories, items, and the vector dim
-_HEADER = struct.Struct("<BBqqqqqqqHHIIIIH")
+# format, flags, t_ref, half-lives, kafka ts, events applied; then the counts of types,
+# partitions, digests, category names, categories, items, and the vector dim
+_HEADER = struct.Struct("<BBqqqqqHHIIIIH")
 _F_TREF, _F_KTS, _F_VEC, _F_MODEL = 1, 2, 4, 8
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -538,10 +535,8 @@ def encode(state: UserState) -> bytes:
             state.t_ref or 0,
             state.half_lives[0],
             state.half_lives[1],
-            state.version,
             state.last_event_kafka_ts or 0,
             state.events_applied,
-            state.published_events,
             len(state.type_counts),
             len(state.offsets),
             len(state.recent_ids),
@@ -655,8 +650,8 @@ def decode(data: bytes) -> UserState:
 
 def _decode_v1(r: _Reader) -> UserState:
     head = _HEADER.unpack(r.take(_HEADER.size))
-    _, flags, t_ref, hs, hl, version, kts, applied, published = head[:9]
-    n_types, n_parts, n_digests, n_names, n_cat, n_items, dim = head[9:]
+    _, flags, t_ref, hs, hl, kts, applied = head[:7]
+    n_types, n_parts, n_digests, n_names, n_cat, n_items, dim = head[7:]
     strs = r.strs(2 + n_types + n_names + n_items)
     user_id, model = strs[0], strs[1]
     type_names = strs[2 : 2 + n_types]
@@ -685,10 +680,8 @@ def _decode_v1(r: _Reader) -> UserState:
         model_version=model if flags & _F_MODEL else None,
         type_counts=type_counts,
         events_applied=applied,
-        published_events=published,
         offsets=offsets,
         recent_ids=recent,
-        version=version,
         last_event_kafka_ts=kts if flags & _F_KTS else None,
         item_categories={i: names[c - 1] for i, c in zip(item_ids, cat_index, strict=True) if c},
         purchased={i for n, i in enumerate(item_ids) if bits >> n & 1},

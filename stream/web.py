@@ -41,7 +41,6 @@ def interest_body(raw: bytes, at_ms: int | None, vectors: bool) -> dict[str, Any
         "t_ref": state.t_ref,
         "events_applied": state.events_applied,
         "type_counts": dict(state.type_counts),
-        "version": state.version,
         "model_version": state.model_version,
     }
     for name, horizon in (("short", SHORT), ("long", LONG)):
