@@ -112,6 +112,8 @@ def latency(stack: Stack, rate: float, seconds: float, users: int) -> dict[str, 
     )
     n = int(rate * seconds)
     live = generate(users, n, seed=99, start_ms=int(time.time() * 1000))
+    for e in live:  # users of their own, so that as_of is the send time of their newest event
+        e["user_id"] = "live-" + e["user_id"]
 
     def send() -> None:
         from confluent_kafka import Producer
