@@ -114,7 +114,6 @@ class Pipeline:
         self.scan_pending = False  # set once the state table has recovered
         self.turn = 0
         self.started = time.time()
-        self.last_batch_at = 0.0
 
     # ------------------------------------------------------------------ registration
     def register(self) -> None:
@@ -191,7 +190,8 @@ class Pipeline:
         async for batch in stream.take_events(self.settings.stream_batch_size, within=within):
             try:
                 await self.apply_batch(batch)
-            except Exception:  # never die on a batch: log it, the records stay in Kafka
+            except Exception:  # a bug, not bad input (that goes to the DLQ): say which batch,
+                # then stop the worker; its records stay in Kafka and are replayed on restart
                 log.exception("apply batch of %d records failed", len(batch))
                 raise
 
@@ -239,7 +239,6 @@ class Pipeline:
             metrics.EVENTS.labels(type=type_).inc(n)
         if duplicates:
             metrics.DUPLICATES.inc(duplicates)
-        self.last_batch_at = time.time()
 
     def apply_user(self, user_id: str, group: _Applied, applied: dict[str, int]) -> int:
         """One read-modify-write of the user's state for all its events in the batch.

@@ -138,7 +138,10 @@ def worker(
     )
     from stream.app import run_worker
 
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except SettingsError as exc:
+        fail(str(exc))
 
 
 @app.command()

@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from stream.settings import SecurityProtocol, Settings
+from stream.settings import SecurityProtocol, Settings, SettingsError
 
 # Java's default partitioner (murmur2) is what aiokafka and Faust use; confluent-kafka's
 # default (CRC32) would place a user's events on a different partition than the state
@@ -139,7 +139,15 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient(confluent_config(settings))
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    existing = set(metadata)
+    events = metadata.get(settings.topic_events)
+    if events is not None and len(events.partitions) != settings.events_partitions:
+        raise SettingsError(
+            f"INTEREST_EVENTS_PARTITIONS: is {settings.events_partitions} but topic "
+            f"{settings.topic_events} has {len(events.partitions)} partitions; set it to "
+            f"{len(events.partitions)} (users are placed by partition count)"
+        )
     wanted = [
         NewTopic(
             name,

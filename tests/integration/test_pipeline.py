@@ -435,3 +435,21 @@ def test_trending_reaches_every_worker_and_single_event_users_get_reasons(
         recs.close()
         w1.stop()
         w2.stop()
+
+
+def test_partition_count_mismatch_fails_at_start(stack: Stack, tmp_path: Path) -> None:
+    """An events topic with another partition count would move users: refuse, naming it."""
+    from helpers import create_topic
+
+    create_topic(stack.bootstrap, stack.events, partitions=stack.partitions + 1)
+    env = stack.env(tmp_path / "w", free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "worker"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "INTEREST_EVENTS_PARTITIONS" in done.stderr and "Traceback" not in done.stderr
