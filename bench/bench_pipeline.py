@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from stream import broker  # noqa: E402
 from stream.synthetic import generate  # noqa: E402
-from tests.integration.harness import Stack, WorkerProc, metric_value, produce, wait_until  # noqa: E402
+from tests.integration.harness import Stack, WorkerProc, metric_value, produce, wait_for  # noqa: E402
 
 
 def records(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
@@ -105,7 +105,7 @@ def latency(stack: Stack, rate: float, seconds: float, users: int) -> dict[str, 
         }
     )
     consumer.subscribe([stack.recommendations])
-    wait_until(
+    wait_for(
         lambda: consumer.poll(0.2) is None and consumer.assignment(),
         30,
         "latency consumer got no partitions",

@@ -15,7 +15,7 @@ T = TypeVar("T")
 def wait_for(
     predicate: Callable[[], T],
     timeout_s: float,
-    message: str,
+    message: str | Callable[[], str],
     interval_s: float = 0.05,
 ) -> T:
     """Poll ``predicate`` until it returns something truthy and return that value.
@@ -24,6 +24,7 @@ def wait_for(
     as the condition holds (fast when the system is fast), is bounded (a hang becomes a
     failure saying what was awaited), and never hides a race behind a fixed sleep. An
     exception raised by the predicate counts as "not yet"; the last one is shown on timeout.
+    A callable ``message`` is evaluated only then (e.g. to attach a log tail).
     """
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
@@ -37,7 +38,8 @@ def wait_for(
                 return value
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error!r})" if last_error is not None else ""
-            pytest.fail(f"timed out after {timeout_s:g} s: {message}{detail}")
+            text = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout_s:g} s: {text}{detail}")
         time.sleep(interval_s)
 
 

@@ -19,10 +19,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = {"pv": 1.0, "cart": 4.0, "fav": 3.0, "buy": 8.0}
@@ -34,21 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout_s: float, message: Callable[[], str] | str
-) -> Any:
-    """Poll ``predicate`` until truthy; fail with ``message`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout_s:.0f}s: {text}")
-        time.sleep(0.2)
 
 
 def http_json(url: str, timeout_s: float = 5.0) -> Any:
@@ -167,7 +154,7 @@ class WorkerProc:
             body = self.health()
             return bool(body and body["active_partitions"] and not body["in_recovery"])
 
-        wait_until(ready, timeout_s, lambda: f"worker {self.name} not ready:\n{self.log_tail()}")
+        wait_for(ready, timeout_s, lambda: f"worker {self.name} not ready:\n{self.log_tail()}")
 
     def metrics(self) -> str:
         return http_text(self.url + "/metrics") or ""

@@ -28,7 +28,7 @@ from tests.integration.harness import (
     produce,
     read_taobao,
     taobao_records,
-    wait_until,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def assert_exact(
     expected: dict, collector: Collector, timeout_s: float, workers: list[WorkerProc]
 ) -> None:
     """Wait until every user's newest message carries all its events, then compare values."""
-    wait_until(
+    wait_for(
         lambda: events_fully_applied(expected, collector),
         timeout_s,
         lambda: (
@@ -169,7 +169,7 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
             target=produce, args=(stack.bootstrap, stack.events, records, 2500)
         )
         producer.start()
-        wait_until(lambda: len(collector.latest) >= 20, 60, "no recommendations before the kill")
+        wait_for(lambda: len(collector.latest) >= 20, 60, "no recommendations before the kill")
         worker.kill9()
         if not keep_data_dir:
             shutil.rmtree(worker.data_dir)
@@ -235,7 +235,7 @@ def test_bad_records_go_to_dlq_and_duplicates_are_skipped(stack: Stack, tmp_path
             stack.events,
             [*good[:3], *[(k, v) for k, v, _ in bad], duplicate, *good[3:], duplicate],
         )
-        wait_until(
+        wait_for(
             lambda: len(dlq.messages) >= len(bad),
             60,
             lambda: f"DLQ has {len(dlq.messages)} of {len(bad)}",
@@ -245,7 +245,7 @@ def test_bad_records_go_to_dlq_and_duplicates_are_skipped(stack: Stack, tmp_path
         for m in dlq.messages:
             assert {"reason", "detail", "topic", "partition", "offset", "original"} <= set(m)
             assert m["topic"] == stack.events and m["detail"]
-        wait_until(
+        wait_for(
             lambda: recs.latest.get("u-good", {}).get("events_applied") == 5,
             60,
             "u-good not applied",
@@ -282,7 +282,7 @@ def test_rekeys_records_with_a_foreign_key(stack: Stack, tmp_path: Path) -> None
             for n in range(12)
         ]
         produce(stack.bootstrap, stack.events, records)
-        wait_until(
+        wait_for(
             lambda: recs.latest.get("u-rekey", {}).get("events_applied") == 12,
             60,
             lambda: f"u-rekey: {recs.latest.get('u-rekey')}\n{worker.log_tail()}",
@@ -349,13 +349,13 @@ def test_failing_scorer_never_stalls_state_updates(
             for n in range(30)
         ]
         produce(stack.bootstrap, stack.events, records[:10])
-        wait_until(
+        wait_for(
             lambda: metric_value(worker.metrics(), "interest_scorer_errors_total") >= 1,
             60,
             "no scorer error counted",
         )
         produce(stack.bootstrap, stack.events, records[10:])
-        wait_until(
+        wait_for(
             lambda: (
                 (http_json(f"{worker.url}/users/u-s/interest") or {}).get("events_applied") == 30
             ),
@@ -399,7 +399,7 @@ def test_trending_reaches_every_worker_and_single_event_users_get_reasons(
         produce(stack.bootstrap, stack.events, crowd)
         for category in ("cat0", "cat1", "cat2", "cat3"):
             for worker in (w1, w2):
-                wait_until(
+                wait_for(
                     lambda w=worker, c=category: (http_json(f"{w.url}/trending/{c}") or {}).get(
                         "items"
                     ),
@@ -426,7 +426,7 @@ def test_trending_reaches_every_worker_and_single_event_users_get_reasons(
             }
         )
         produce(stack.bootstrap, stack.events, [(b"newbie", single.encode())])
-        msg = wait_until(
+        msg = wait_for(
             lambda: recs.latest.get("newbie"), 60, "no recommendation for a one-event user"
         )
         assert_blended_items(msg)

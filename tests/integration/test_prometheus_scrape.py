@@ -31,7 +31,7 @@ from tests.integration.harness import (
     http_json,
     http_text,
     produce,
-    wait_until,
+    wait_for,
 )
 from tests.unit.test_deploy_static import (
     alert_rules,
@@ -152,7 +152,7 @@ def scraped(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
             assert prometheus.poll() is None, f"prometheus exited:\n{result.diagnostics()}"
             return http_text(f"{result.prometheus_url}/-/ready", timeout_s=2) is not None
 
-        wait_until(ready, 60, result.diagnostics)
+        wait_for(ready, 60, result.diagnostics)
         yield result
     finally:
         if prometheus is not None and prometheus.poll() is None:
@@ -166,23 +166,23 @@ def scraped(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_prometheus_scrapes_events_and_latency_from_the_worker(scraped: Scraped) -> None:
-    wait_until(
+    wait_for(
         lambda: scraped.value('up{job="interest-worker"}') == 1,
         60,
         lambda: "the worker target never came up:\n" + scraped.diagnostics(),
     )
-    wait_until(
+    wait_for(
         lambda: scraped.value("sum(interest_events_total)") > 0,
         90,
         lambda: "sum(interest_events_total) stayed 0:\n" + scraped.diagnostics(),
     )
-    wait_until(
+    wait_for(
         lambda: scraped.value("sum(interest_event_to_recommendation_seconds_count)") > 0,
         90,
         lambda: "no event-to-recommendation observation:\n" + scraped.diagnostics(),
     )
     # what the worker applied is what Prometheus stored, per type, all of it eventually
-    wait_until(
+    wait_for(
         lambda: scraped.value("sum(interest_events_total)") == scraped.produced,
         60,
         lambda: f"sum(interest_events_total) != {scraped.produced}:\n" + scraped.diagnostics(),
@@ -206,9 +206,7 @@ def test_real_prometheus_loads_and_evaluates_the_alert_rules(scraped: Scraped) -
         }
         return health if set(health) == expected and set(health.values()) == {"ok"} else None
 
-    wait_until(
-        evaluated, 60, lambda: "alert rules not all loaded and ok:\n" + scraped.diagnostics()
-    )
+    wait_for(evaluated, 60, lambda: "alert rules not all loaded and ok:\n" + scraped.diagnostics())
     # one healthy worker, valid events, no scorer failures: nothing fires, and the alerts
     # whose condition is deterministic here are not even pending
     alerts = http_json(f"{scraped.prometheus_url}/api/v1/alerts", timeout_s=5)
