@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.scoring import CandidateBatch, Recommended, Scorer
+from models.scoring import CandidateBatch, Recommended, ScoreBatch, Scorer
 from stream.interest import LONG, SHORT, UserState, top_categories
+from stream.recommend import score_request
 from stream.trending import TrendEntry, _parts, decay_factor
 
 REASONS = ("your_interest", "trending_in_category", "similar_to_your_interests", "popular")
@@ -416,8 +417,15 @@ def recommend_batch(
         return []
     policy = str(getattr(policy, "value", policy))
     use_model = scorer is not None and scorer.model_version is not None
-    if retrieved is None:
-        retrieved = _retrieve(states, scorer, retrieval_k, policy) if use_model else None
+    vectors = scorer.item_vectors if use_model and scorer is not None else None
+    # The users' side of every model call (vectors, category strengths), computed once.
+    request = (
+        score_request(states, vectors.dim, retrieval_k, policy == "exclude")
+        if vectors is not None
+        else None
+    )
+    if retrieved is None and request is not None and scorer is not None:
+        retrieved = scorer.recommend(request)
     cands = [
         generate(
             s,
@@ -431,9 +439,12 @@ def recommend_batch(
     ]
     parts = [components(s, c, trending, global_top) for s, c in zip(states, cands, strict=True)]
     scores: list[np.ndarray | None] = [None] * len(states)
-    if use_model and network_ranking(scorer):
-        assert scorer is not None
-        scores = _model_scores(states, cands, parts, scorer)
+    if request is not None and scorer is not None and network_ranking(scorer):
+        batch = candidate_batch(
+            states, cands, [features_from(p) for p in parts], request.vectors.shape[-1], request
+        )
+        got = scorer.score_candidates(batch)
+        scores = [got[n] if n < len(got) else None for n in range(len(states))]
     return [
         rank(c, sc, k, policy, s)
         if sc is not None and len(sc) == len(c)
@@ -451,27 +462,16 @@ def network_ranking(scorer: Scorer | None) -> bool:
     return scorer is not None and bool(getattr(scorer, "network_ranking", True))
 
 
-def _retrieve(
-    states: Sequence[UserState], scorer: Scorer | None, k: int, policy: str
-) -> list[list[Recommended]] | None:
-    from stream.recommend import score_request
-
-    vectors = scorer.item_vectors if scorer is not None else None
-    if scorer is None or vectors is None:
-        return None
-    return scorer.recommend(score_request(states, vectors.dim, k, policy == "exclude"))
-
-
 def candidate_batch(
     states: Sequence[UserState],
     cands: Sequence[Sequence[Candidate]],
     feats: Sequence[np.ndarray],
     dim: int,
+    request: ScoreBatch | None = None,
 ) -> CandidateBatch:
-    """The scorer's input: the users' vectors and category strengths, items and features."""
-    from stream.recommend import score_request
-
-    req = score_request(states, dim, 1, False)
+    """The scorer's input: the users' vectors and category strengths (from ``request`` when
+    the retrieval call already computed them), items and features."""
+    req = request if request is not None else score_request(states, dim, 1, False)
     return CandidateBatch(
         user_ids=req.user_ids,
         vectors=req.vectors,
@@ -479,17 +479,3 @@ def candidate_batch(
         items=[[c.item_id for c in cs] for cs in cands],
         features=list(feats),
     )
-
-
-def _model_scores(
-    states: Sequence[UserState],
-    cands: Sequence[Sequence[Candidate]],
-    parts: Sequence[Components],
-    scorer: Scorer,
-) -> list[np.ndarray | None]:
-    vectors = scorer.item_vectors
-    if vectors is None:
-        return [None] * len(states)
-    batch = candidate_batch(states, cands, [features_from(p) for p in parts], vectors.dim)
-    got = scorer.score_candidates(batch)
-    return [got[n] if n < len(got) else None for n in range(len(states))]
