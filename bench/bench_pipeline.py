@@ -140,6 +140,8 @@ def latency(stack: Stack, rate: float, seconds: float, users: int) -> dict[str, 
         if msg is None or msg.error() or msg.value() is None:
             continue
         body = json.loads(msg.value())
+        if not body["user_id"].startswith("live-"):
+            continue  # the pre-filled users' backlog, still being published
         _, ts = msg.timestamp()
         lat.append(ts - body["as_of"])
     thread.join()

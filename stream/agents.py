@@ -1,9 +1,14 @@
-"""The apply agent and the rescore timer: Faust on the outside, the core on the inside.
+"""The apply handler and the rescore timer: Faust on the outside, the core on the inside.
 
-Data flows one way: events -> state (one table write per user per batch) -> dirty users
--> scorer -> recommendations. Table writes outside the apply agent (the rescore timer
-bumping a user's version) run inside a partition context so that the changelog record
-and the local RocksDB write land on the user's own partition.
+Data flows one way: events -> state -> dirty users -> scorer -> recommendations.
+
+States are folded in memory (this worker is the only writer of the partitions it owns) and
+written to the table, RocksDB plus changelog, once per user per flush: at every rescore tick
+and whenever many records wait. The records whose effects a flush writes are acknowledged
+only after it, so Kafka offsets never get ahead of the changelog; a crash in between
+replays them, and the core skips what the restored state already holds. Table writes run
+inside a partition context so that the changelog record and the local RocksDB write land
+on the user's own partition.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from stream.interest import (
 )
 from stream.kafka_clients import trending_topic
 from stream.recommend import DirtyUsers, build_message, now_ms
+from stream.table_writer import TableWriter
 from stream.trending import TrendConfig, decode_trend, encode_trend, fold_trend, new_trend
 from stream.trending_view import TrendingFollower
 
@@ -109,6 +115,13 @@ class Pipeline:
         # partition, so the cache is exact; it is dropped on every rebalance.
         self.cache: dict[str, UserState] = {}
         self.cache_size = 200_000
+        self.unsaved: dict[str, int] = {}  # user_id -> partition: folded, not yet written
+        self.unacked: list[Any] = []  # records whose effects the next flush writes
+        self.writer = TableWriter(self.settings, ack=self.ack_record)
+        self.states_changelog = self.sa.states.changelog_topic.get_topic_name()
+        self.flush_after = 20 * self.settings.stream_batch_size  # records waiting, at most
+        # (version, events_applied) of each owned user's last message, read once
+        self.published_meta: dict[str, tuple[int, int]] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.scoring: asyncio.Future[Any] | None = None
         self.scan_pending = False  # set once the state table has recovered
@@ -118,10 +131,10 @@ class Pipeline:
     # ------------------------------------------------------------------ registration
     def register(self) -> None:
         app = self.sa.app
-        app.agent(self.sa.events, name="apply", concurrency=1)(self.apply_agent)
+        app.batch_route(self.sa.events, self.apply_batch, acks=False)
         app.timer(self.settings.rescore_interval_ms / 1000, name="rescore")(self.rescore_timer)
         app.timer(5.0, name="gauges")(self.gauges_timer)
-        app.agent(self.sa.by_category, name="trending", concurrency=1)(self.trend_agent)
+        app.batch_route(self.sa.by_category, self.fold_trends)
         app.timer(self.settings.trending_publish_interval_ms / 1000, name="trending-publish")(
             self.publish_trends
         )
@@ -132,7 +145,9 @@ class Pipeline:
             app.timer(60.0, name="expire")(self.expire_timer)
 
     async def on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
-        self.cache.clear()
+        """Forget what is folded and not written: Faust's recovery seeks every partition back
+        to its committed offset, so those records are read again by whoever owns them next."""
+        self.forget_unsaved()
         gone = {tp.partition for tp in revoked}
         self.trend_changed = {c: p for c, p in self.trend_changed.items() if p not in gone}
         self.dirty.drop_partitions(
@@ -140,7 +155,7 @@ class Pipeline:
         )
 
     async def on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
-        self.cache.clear()
+        self.forget_unsaved()
 
     async def on_states_recovered(self) -> None:
         """The state stores are complete only now: look for users applied, never published.
@@ -174,38 +189,55 @@ class Pipeline:
 
     def remember(self, state: UserState) -> UserState:
         if len(self.cache) >= self.cache_size:
-            del self.cache[next(iter(self.cache))]  # the oldest entry
+            oldest = next(iter(self.cache))
+            if oldest in self.unsaved:
+                self.flush_states()
+            del self.cache[oldest]
         self.cache[state.user_id] = state
         return state
 
-    def write_state(self, state: UserState) -> None:
-        """Persist (RocksDB + changelog); the caller holds the user's partition context."""
-        value = encode(state)
-        metrics.STATE_BYTES.observe(len(value))
-        self.sa.states[state.user_id.encode()] = value
+    def flush_states(self) -> None:
+        """Write every state folded since the last flush, once; its records are acknowledged
+        when the changelog records are delivered (stream.table_writer)."""
+        store = self.sa.states.data
+        for user_id, partition in self.unsaved.items():
+            state = self.cache.get(user_id)
+            if state is None:  # cannot happen: unsaved states are never evicted
+                raise RuntimeError(f"state of {user_id!r} left the cache before its write")
+            value = encode(state)
+            metrics.STATE_BYTES.observe(len(value))
+            self.writer.put(store, self.states_changelog, partition, user_id.encode(), value)
+        self.unsaved.clear()
+        self.writer.seal(self.unacked)
+        self.unacked = []
+        self.writer.poll()
+
+    def ack_record(self, record: Any) -> None:
+        self.sa.app.consumer.ack(record)
+
+    def forget_unsaved(self) -> None:
+        """Drop every cached state with what was folded into it and not yet written."""
+        self.writer.forget()
+        self.unsaved.clear()
+        self.unacked.clear()
+        self.cache.clear()
+        self.published_meta.clear()
 
     # ------------------------------------------------------------------ apply
-    async def apply_agent(self, stream: Any) -> None:
-        within = self.settings.stream_batch_within_ms / 1000
-        async for batch in stream.take_events(self.settings.stream_batch_size, within=within):
-            try:
-                await self.apply_batch(batch)
-            except Exception:  # a bug, not bad input (that goes to the DLQ): say which batch,
-                # then stop the worker; its records stay in Kafka and are replayed on restart
-                log.exception("apply batch of %d records failed", len(batch))
-                raise
-
     async def apply_batch(self, batch: Sequence[Any]) -> None:
+        """Fold one fetch of event records (stream.batch_consumer delivers them).
+
+        Nothing in here awaits, so no rebalance can fall between reading a state and
+        folding into it; what it produces goes through the table writer."""
         now = now_ms()
         groups: dict[str, _Applied] = {}
         forwards: list[tuple[bytes, bytes]] = []
         rekey_name = self.sa.rekey.get_topic_name()
-        for ev in batch:
-            msg = ev.message
+        for msg in batch:
             ts_ms = int(msg.timestamp * 1000) if msg.timestamp else now
             result = self.parser.parse(msg.value, key=msg.key, timestamp_ms=ts_ms, now_ms=now)
             if isinstance(result, Rejection):
-                await self.reject(result, msg)
+                self.reject(result, msg)
                 continue
             partition = self.partition_of(result.user_id)
             from_rekey = msg.topic == rekey_name
@@ -232,13 +264,19 @@ class Pipeline:
                     entry = [event.user_id, event.item_id, event.type, event.ts, event.weight]
                     by_category[event.category].append([*entry, source, offset])
         for key, value in forwards:
-            await self.sa.rekey.send(key=key, value=value)
+            self.writer.produce(rekey_name, key, value)
+        by_category_name = self.sa.by_category.get_topic_name()
         for category, entries in by_category.items():
-            await self.sa.by_category.send(key=category.encode(), value=orjson.dumps(entries))
+            self.writer.produce(by_category_name, category.encode(), orjson.dumps(entries))
         for type_, n in applied.items():
             metrics.EVENTS.labels(type=type_).inc(n)
         if duplicates:
             metrics.DUPLICATES.inc(duplicates)
+        self.unacked.extend(batch)
+        if len(self.unacked) >= self.flush_after:
+            self.flush_states()
+        else:
+            self.writer.poll()
 
     def apply_user(self, user_id: str, group: _Applied, applied: dict[str, int]) -> int:
         """One read-modify-write of the user's state for all its events in the batch.
@@ -258,12 +296,12 @@ class Pipeline:
             for type_, n in result.applied_by_type.items():
                 applied[type_] += n
             if result.applied:
-                self.write_state(state)
+                self.unsaved[user_id] = group.partition
         if result.applied or state.events_applied > self.last_published(user_id)[1]:
             self.dirty.mark(group.partition, user_id, state.last_event_kafka_ts or 0)
         return result.duplicates
 
-    async def reject(self, rejection: Rejection, msg: Any) -> None:
+    def reject(self, rejection: Rejection, msg: Any) -> None:
         """Dead-letter a bad record with the reason, and count it (CONTRACT section 1)."""
         value: bytes = msg.value or b""
         try:
@@ -279,7 +317,7 @@ class Pipeline:
             "original": original,
         }
         metrics.REJECTED.labels(reason=rejection.reason).inc()
-        await self.sa.dlq.send(key=msg.key, value=orjson.dumps(record))
+        self.writer.produce(self.settings.topic_dlq, msg.key, orjson.dumps(record))
 
     def refresh_model(self) -> None:
         """A new model version brings a new catalog for category fallbacks."""
@@ -294,6 +332,7 @@ class Pipeline:
     # ------------------------------------------------------------------ rescore
     async def rescore_timer(self) -> None:
         try:
+            self.flush_states()
             if self.scan_pending:
                 self.scan_for_pending()
             await self.rescore_dirty()
@@ -373,6 +412,7 @@ class Pipeline:
         if not states:
             return True
         model_version = self.scorer.model_version
+        generation = self.sa.app.consumer_generation_id
         metrics.RESCORE_BATCH_SIZE.observe(len(states))
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -386,6 +426,8 @@ class Pipeline:
             log.warning("scorer call failed: %s", exc if str(exc) else type(exc).__name__)
             return False
         metrics.RESCORE_SECONDS.observe(time.perf_counter() - started)
+        if self.sa.app.consumer_generation_id != generation:
+            return True  # a rebalance came in between: the replay after it marks them again
         self.publish(states, kept, recs, model_version)
         return True
 
@@ -396,11 +438,17 @@ class Pipeline:
         subscribers saw, even when a crash lost a write in between: the next version is
         above it, and a state with more events than it is still to be published.
         """
-        raw = self.sa.published.get(user_id.encode())
-        if raw is None:
-            return 0, 0
-        message = orjson.loads(raw)
-        return int(message["version"]), int(message["events_applied"])
+        meta = self.published_meta.get(user_id)
+        if meta is None:
+            raw = self.sa.published.get(user_id.encode())
+            if raw is None:
+                return 0, 0
+            message = orjson.loads(raw)
+            meta = int(message["version"]), int(message["events_applied"])
+            if len(self.published_meta) >= self.cache_size:
+                del self.published_meta[next(iter(self.published_meta))]
+            self.published_meta[user_id] = meta
+        return meta
 
     def rank(self, states: list[UserState]) -> list[Any]:
         """The blended ranking of stream.candidates, run in the scorer thread."""
@@ -428,25 +476,26 @@ class Pipeline:
         for state, (partition, user_id, newest_ts), items in zip(states, kept, recs, strict=True):
             version = self.last_published(user_id)[0] + 1
             message = build_message(state, items, version=version, model_version=model_version)
-            with self.partition_context(partition):
-                self.sa.published[user_id.encode()] = orjson.dumps(message)
+            self.writer.put(
+                self.sa.published.data,
+                self.settings.topic_recommendations,
+                partition,
+                user_id.encode(),
+                orjson.dumps(message),
+            )
+            self.published_meta[user_id] = version, state.events_applied
             metrics.PUBLISHED.inc()
             if newest_ts:
                 metrics.EVENT_TO_RECOMMENDATION.observe(max(0.0, published_at - newest_ts / 1000))
 
     # ------------------------------------------------------------------ trending
-    async def trend_agent(self, stream: Any) -> None:
-        within = self.settings.stream_batch_within_ms / 1000
-        async for batch in stream.take_events(self.settings.stream_batch_size, within=within):
-            self.fold_trends(batch)
-
-    def fold_trends(self, batch: Sequence[Any]) -> None:
+    async def fold_trends(self, batch: Sequence[Any]) -> None:
         """One read-modify-write per category per batch, deduplicated by source position."""
         groups: dict[str, tuple[int, list[Event], list[tuple[int, int]]]] = {}
-        for ev in batch:
-            category = ev.message.key.decode()
-            group = groups.setdefault(category, (ev.message.partition, [], []))
-            for user, item, type_, ts, weight, source, offset in orjson.loads(ev.message.value):
+        for msg in batch:
+            category = msg.key.decode()
+            group = groups.setdefault(category, (msg.partition, [], []))
+            for user, item, type_, ts, weight, source, offset in orjson.loads(msg.value):
                 group[1].append(Event(user, item, type_, ts, "", category, weight))
                 group[2].append((source, offset))
         for category, (partition, events, positions) in groups.items():
@@ -506,6 +555,7 @@ class Pipeline:
 
     async def expire_timer(self) -> None:
         """Delete users whose long-horizon interests all decayed below the threshold."""
+        self.flush_states()
         now = now_ms()
         expired: dict[int, list[bytes]] = defaultdict(list)
         actives = self.active_partitions()
@@ -516,9 +566,10 @@ class Pipeline:
                 decode(raw), now, self.settings.expire_threshold
             ):
                 expired[partition].append(user_id.encode())
+        store = self.sa.states.data
         for partition, keys in expired.items():
-            with self.partition_context(partition):
-                for key in keys:
-                    self.sa.states.pop(key, None)
+            for key in keys:
+                self.writer.put(store, self.states_changelog, partition, key, None)
+                self.cache.pop(key.decode(), None)
         if expired:
             log.info("expired %d quiet users", sum(len(k) for k in expired.values()))

@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 
+from stream.batch_consumer import BatchApp
 from stream.kafka_clients import (
     by_category_topic,
     ensure_topics,
@@ -38,7 +39,7 @@ class StreamApp:
     """The Faust app with the channels and tables the agents use."""
 
     settings: Settings
-    app: faust.App
+    app: BatchApp
     events: faust.TopicT  # events topic and the re-key topic, read by one agent
     rekey: faust.TopicT
     dlq: faust.TopicT
@@ -53,7 +54,7 @@ class StreamApp:
 
 def make_app(settings: Settings) -> StreamApp:
     """Build the Faust app for these settings (no I/O until it starts)."""
-    app = faust.App(
+    app = BatchApp(
         settings.app_id,
         broker=faust_broker_url(settings),
         broker_credentials=faust_credentials(settings),
@@ -72,6 +73,7 @@ def make_app(settings: Settings) -> StreamApp:
         processing_guarantee="at_least_once",
         producer_acks=-1,
         stream_wait_empty=False,
+        broker_max_poll_records=settings.stream_batch_size,
         stream_recovery_delay=0.1,
         autodiscover=False,
         key_serializer="raw",
@@ -169,7 +171,8 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     finally:
-        marker.unlink(missing_ok=True)  # a clean stop: the stores match their changelogs
+        if pipeline.writer.close():
+            marker.unlink(missing_ok=True)  # a clean stop: the stores match their changelogs
 
 
 def discard_stores_after_crash(marker: Path, tabledir: Path) -> None:

@@ -152,7 +152,6 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65_535)
     stream_batch_size: int = Field(1000, ge=1, le=100_000)
-    stream_batch_within_ms: int = Field(100, ge=1)
     log_level: str = "INFO"
 
     @field_validator("event_weights")

@@ -15,7 +15,14 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream import metrics
-from stream.interest import LONG, SHORT, category_strengths, decode, interest_vector, item_strengths
+from stream.interest import (
+    LONG,
+    SHORT,
+    UserState,
+    category_strengths,
+    interest_vector,
+    item_strengths,
+)
 
 if TYPE_CHECKING:
     from stream.agents import Pipeline
@@ -31,9 +38,8 @@ def _ranked(values: dict[str, float]) -> list[dict[str, Any]]:
     return [{"name": k, "strength": round(v, 6)} for k, v in ordered]
 
 
-def interest_body(raw: bytes, at_ms: int | None, vectors: bool) -> dict[str, Any]:
+def interest_body(state: UserState, at_ms: int | None, vectors: bool) -> dict[str, Any]:
     """A user's state as the HTTP view shows it: strengths at the request time."""
-    state = decode(raw)
     t = max(at_ms or 0, state.t_ref or 0)
     body: dict[str, Any] = {
         "user_id": state.user_id,
@@ -98,13 +104,13 @@ def register_views(sa: StreamApp, pipeline: Pipeline) -> None:
     class UserInterest(View):
         @app.table_route(table=sa.states, match_info="user_id")
         async def get(self, request: Request, user_id: str) -> Response:
-            raw = sa.states.get(user_id.encode())
-            if raw is None:
+            state = pipeline.read_state(user_id)  # folded events not yet flushed included
+            if state is None:
                 return _json(self, {"error": f"unknown user {user_id!r}"}, status=404)
             at = request.query.get("at")
             at_ms = int(at) if at and at.isdigit() else int(time.time() * 1000)
             vectors = request.query.get("vectors", "").lower() in ("1", "true", "yes")
-            return _json(self, interest_body(raw, at_ms, vectors))
+            return _json(self, interest_body(state, at_ms, vectors))
 
     @app.page("/users/{user_id}/recommendations")
     class UserRecommendations(View):
