@@ -125,6 +125,7 @@ class Pipeline:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.scoring: asyncio.Future[Any] | None = None
         self.scan_pending = False  # set once the state table has recovered
+        self.last_applied = 0.0  # monotonic time of the last event batch
         self.turn = 0
         self.started = time.time()
 
@@ -229,6 +230,7 @@ class Pipeline:
 
         Nothing in here awaits, so no rebalance can fall between reading a state and
         folding into it; what it produces goes through the table writer."""
+        self.last_applied = time.monotonic()
         now = now_ms()
         groups: dict[str, _Applied] = {}
         forwards: list[tuple[bytes, bytes]] = []
@@ -378,8 +380,10 @@ class Pipeline:
             self.dirty.drop_partitions(gone)
         # Under load, rescoring takes at most half of each interval: the rest goes to applying
         # events, and users that stay dirty meanwhile coalesce more events per publication.
-        deadline = time.monotonic() + self.settings.rescore_interval_ms / 2000
-        while self.dirty.count() and time.monotonic() < deadline:
+        # While no event batch arrives, it goes on (a backlog drains at full speed).
+        started = time.monotonic()
+        deadline = started + self.settings.rescore_interval_ms / 2000
+        while self.dirty.count() and (time.monotonic() < deadline or self.last_applied < started):
             order = sorted(actives)
             self.turn = (self.turn + 1) % max(1, len(order))  # no partition waits behind another
             taken = self.dirty.take(

@@ -23,13 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from models.scoring import CandidateBatch, Recommended, ScoreBatch, Scorer
 from stream.interest import LONG, SHORT, UserState, top_categories
 from stream.recommend import score_request
-from stream.trending import TrendEntry, _parts, decay_factor
+from stream.trending import CategoryTrend, TrendEntry, _parts, decay_factor
 
 REASONS = ("your_interest", "trending_in_category", "similar_to_your_interests", "popular")
 POLICIES = ("keep", "demote", "exclude")
@@ -62,9 +63,11 @@ EPS = 1e-12
 SHARE_EPS = 1e-6  # the model's EPS (models.ranker), so both compute the same shares
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One proposed item: its category and the first source that proposed it."""
+class Candidate(NamedTuple):
+    """One proposed item: its category and the first source that proposed it.
+
+    (A NamedTuple: a user's rescoring builds up to ``limit`` of them, and a tuple is
+    several times cheaper to make than a frozen dataclass.)"""
 
     item_id: str
     category: str | None
@@ -192,9 +195,8 @@ def _add_trending(
     total = sum(s for _, s in shares) or 1.0
     for category, share in shares:
         quota = max(1, math.floor(room * share / total))
-        _, _, items = _parts(trending[category])
         taken = 0
-        for item in _two_horizon_rank(items):
+        for item in _prepared(trending[category]).ranked:
             if taken >= quota:
                 break
             if item in state.items:
@@ -202,6 +204,50 @@ def _add_trending(
             if not add(item, category, "trending_in_category", cap):
                 return
             taken += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedTrend:
+    """What every user's ranking reads of one category's trending entry."""
+
+    t_ref: int | None
+    half_lives: tuple[int, int]
+    items: Mapping[str, Sequence[float]]
+    ranked: list[str]  # _two_horizon_rank(items)
+    max_short: float  # the strongest item per horizon, at t_ref
+    max_long: float
+
+
+_PREPARED: dict[int, tuple[Any, _PreparedTrend]] = {}
+
+
+def _prepared(entry: TrendEntry) -> _PreparedTrend:
+    """The entry's ranking and maxima, computed once per published snapshot.
+
+    Snapshots (dicts from the trending topic) are replaced, never changed, so they are
+    cached by identity; a CategoryTrend (evaluation folds into it in place) never is."""
+    if isinstance(entry, CategoryTrend):
+        return _prepare(entry)
+    hit = _PREPARED.get(id(entry))
+    if hit is not None and hit[0] is entry:
+        return hit[1]
+    prepared = _prepare(entry)
+    if len(_PREPARED) >= 8192:
+        _PREPARED.clear()
+    _PREPARED[id(entry)] = (entry, prepared)  # holding the entry keeps its id unique
+    return prepared
+
+
+def _prepare(entry: TrendEntry) -> _PreparedTrend:
+    t_ref, hls, items = _parts(entry)
+    return _PreparedTrend(
+        t_ref,
+        hls,
+        items,
+        _two_horizon_rank(items),
+        max((v[SHORT] for v in items.values()), default=0.0),
+        max((v[LONG] for v in items.values()), default=0.0),
+    )
 
 
 # --------------------------------------------------------------------------- features
@@ -218,32 +264,38 @@ def components(
     t = _read_time(state, t)
     fs, fl = _user_factors(state, t)
     m = len(candidates)
-    item = np.zeros((m, 2), np.float64)
-    cat = np.zeros((m, 2), np.float64)
-    trend = np.zeros((m, 2), np.float64)
-    trend_max = np.zeros((m, 2), np.float64)
-    purchased = np.zeros(m, bool)
-    cat_cache: dict[str, tuple[float, float, float, float, float]] = {}
-    for n, c in enumerate(candidates):
-        v = state.items.get(c.item_id)
-        if v is not None:
-            item[n] = (v[SHORT] * fs, v[LONG] * fl)
-        purchased[n] = c.item_id in state.purchased
+    zero = (0.0, 0.0)
+    items_get, cats_get, bought = state.items.get, state.categories.get, state.purchased
+    item_rows: list[tuple[float, float]] = []
+    cat_rows: list[tuple[float, float]] = []
+    trend_rows: list[tuple[float, float]] = []
+    tmax_rows: list[tuple[float, float]] = []
+    cat_cache: dict[str, tuple[Mapping[str, Sequence[float]], float, float, float, float]] = {}
+    for c in candidates:
+        v = items_get(c.item_id)
+        item_rows.append((v[SHORT] * fs, v[LONG] * fl) if v is not None else zero)
+        entry = trending.get(c.category) if c.category is not None else None
         if c.category is None:
+            cat_rows.append(zero)
+        else:
+            cv = cats_get(c.category)
+            cat_rows.append((cv[SHORT] * fs, cv[LONG] * fl) if cv is not None else zero)
+        if entry is None:
+            trend_rows.append(zero)
+            tmax_rows.append(zero)
             continue
-        cv = state.categories.get(c.category)
-        if cv is not None:
-            cat[n] = (cv[SHORT] * fs, cv[LONG] * fl)
-        entry = trending.get(c.category)
-        if entry is not None:
-            info = cat_cache.get(c.category)
-            if info is None:
-                info = cat_cache[c.category] = _trend_info(entry, t)
-            _, f_s, f_l, mx_s, mx_l = info
-            tv = _parts(entry)[2].get(c.item_id)
-            if tv is not None:
-                trend[n] = (tv[SHORT] * f_s, tv[LONG] * f_l)
-            trend_max[n] = (mx_s, mx_l)
+        info = cat_cache.get(c.category)  # type: ignore[arg-type]
+        if info is None:
+            info = cat_cache[c.category] = _trend_info(entry, t)  # type: ignore[index]
+        titems, f_s, f_l, mx_s, mx_l = info
+        tv = titems.get(c.item_id)
+        trend_rows.append((tv[SHORT] * f_s, tv[LONG] * f_l) if tv is not None else zero)
+        tmax_rows.append((mx_s, mx_l))
+    item = np.array(item_rows, np.float64).reshape(m, 2)
+    cat = np.array(cat_rows, np.float64).reshape(m, 2)
+    trend = np.array(trend_rows, np.float64).reshape(m, 2)
+    trend_max = np.array(tmax_rows, np.float64).reshape(m, 2)
+    purchased = np.array([c.item_id in bought for c in candidates], bool).reshape(m)
     gmax = max((s for _, _, s in global_top), default=0.0)
     gscore = {i: s for i, _, s in global_top}
     global_rel = np.array(
@@ -267,14 +319,14 @@ def components(
     )
 
 
-def _trend_info(entry: TrendEntry, t: int | None) -> tuple[int | None, float, float, float, float]:
-    """(t_ref, decay factors to t, the category's strongest item per horizon at t)."""
-    t_ref, hls, items = _parts(entry)
-    f_s = decay_factor(t_ref, hls[SHORT], t)
-    f_l = decay_factor(t_ref, hls[LONG], t)
-    mx_s = max((v[SHORT] for v in items.values()), default=0.0) * f_s
-    mx_l = max((v[LONG] for v in items.values()), default=0.0) * f_l
-    return t_ref, f_s, f_l, mx_s, mx_l
+def _trend_info(
+    entry: TrendEntry, t: int | None
+) -> tuple[Mapping[str, Sequence[float]], float, float, float, float]:
+    """(items, decay factors to t, the category's strongest item per horizon at t)."""
+    p = _prepared(entry)
+    f_s = decay_factor(p.t_ref, p.half_lives[SHORT], t)
+    f_l = decay_factor(p.t_ref, p.half_lives[LONG], t)
+    return p.items, f_s, f_l, p.max_short * f_s, p.max_long * f_l
 
 
 def _col_max(kept: Mapping[str, Sequence[float]], factors: tuple[float, float]) -> np.ndarray:
@@ -366,17 +418,23 @@ def rank(
     if policy == "demote" and state.purchased:
         hit = np.array([c.item_id in state.purchased for c in candidates], bool)
         s = np.where(hit, s * DEMOTE_FACTOR, s)
-    keep = [
-        n
-        for n, c in enumerate(candidates)
-        if policy != "exclude" or c.item_id not in state.purchased
-    ]
-    keep.sort(key=lambda n: (-s[n], candidates[n].item_id))
+    keep = np.array(
+        [
+            n
+            for n, c in enumerate(candidates)
+            if policy != "exclude" or c.item_id not in state.purchased
+        ],
+        np.int64,
+    )
+    if 0 < k < len(keep):  # only the k best and whatever ties the k-th need sorting
+        kept = s[keep]
+        kth = np.partition(kept, len(kept) - k)[len(kept) - k]
+        keep = keep[kept >= kth]
+    sl = s.tolist()
+    order = sorted(keep.tolist(), key=lambda n: (-sl[n], candidates[n].item_id))
     return [
-        Recommended(
-            candidates[n].item_id, float(s[n]), candidates[n].category, candidates[n].reason
-        )
-        for n in keep[: max(0, k)]
+        Recommended(candidates[n].item_id, sl[n], candidates[n].category, candidates[n].reason)
+        for n in order[: max(0, k)]
     ]
 
 

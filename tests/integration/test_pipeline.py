@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.app import RUNNING_MARKER
 from tests.integration.harness import (
     REPO,
     Collector,
@@ -114,6 +115,10 @@ def test_end_to_end_taobao_exact(stack: Stack, taobao: Path, tmp_path: Path) -> 
             e["events"] for e in expected.values()
         )
         assert metric_value(text, "interest_event_to_recommendation_seconds_count") > 0
+        worker.stop(timeout_s=60)  # SIGTERM: every table record delivered, then a clean exit
+        assert not (tmp_path / "w1" / RUNNING_MARKER).exists(), (
+            "SIGTERM did not stop the worker cleanly\n" + worker.log_tail()
+        )
     finally:
         collector.close()
         worker.stop()

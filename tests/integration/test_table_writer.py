@@ -1,0 +1,117 @@
+"""The table writer against the real broker and Faust's own RocksDB store: a write lands in
+the store and in the changelog partition, a delete is a tombstone, and records are acked
+only once their epoch's changelog records are delivered."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
+from faust.types import TP
+from helpers import create_topic, wait_for
+
+from stream.settings import load_settings
+from stream.table_writer import TableWriter
+
+pytestmark = pytest.mark.integration
+
+
+def _store(tmp_path: Path, bootstrap: str) -> Any:
+    app = faust.App(
+        f"tw-{uuid.uuid4().hex[:6]}",
+        broker=f"kafka://{bootstrap}",
+        store="rocksdb://",
+        datadir=str(tmp_path),
+        autodiscover=False,
+    )
+    return app.Table("users", partitions=2, key_type=bytes, value_type=bytes).data
+
+
+def _read_all(bootstrap: str, topic: str, partition: int, count: int) -> list[Message]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    got: list[Message] = []
+
+    def more() -> bool:
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            got.append(msg)
+        return len(got) >= count
+
+    try:
+        wait_for(more, 30, f"{count} records in {topic}[{partition}]")
+    finally:
+        consumer.close()
+    return got
+
+
+@dataclass
+class Setup:
+    topic: str  # a 2-partition changelog topic
+    store: Any  # Faust's RocksDB store of a 2-partition table
+    writer: TableWriter
+    acked: list[Any]
+
+
+@pytest.fixture
+def setup(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
+) -> Iterator[Setup]:
+    acked: list[Any] = []
+    writer = TableWriter(load_settings(None, {"kafka_bootstrap": kafka_bootstrap}), acked.append)
+    yield Setup(
+        create_topic(kafka_bootstrap, unique_topic("changelog"), partitions=2),
+        _store(tmp_path, kafka_bootstrap),
+        writer,
+        acked,
+    )
+    assert writer.close(), "table records undelivered at close"
+
+
+def _poll_until(writer: TableWriter, done: Callable[[], bool], what: str) -> None:
+    def step() -> bool:
+        writer.poll()
+        return done()
+
+    wait_for(step, 30, what)
+
+
+def test_writes_reach_store_and_changelog_then_ack(kafka_bootstrap: str, setup: Setup) -> None:
+    topic, store, writer, acked = setup.topic, setup.store, setup.writer, setup.acked
+    writer.put(store, topic, 1, b"alice", b"state-1")
+    writer.put(store, topic, 1, b"alice", b"state-2")
+    writer.seal(["r1", "r2"])
+    assert acked == [], "acked before the changelog records were delivered"
+    _poll_until(writer, lambda: acked == ["r1", "r2"], "records acked after delivery")
+    assert store._get(b"alice") == b"state-2"
+    records = _read_all(kafka_bootstrap, topic, 1, 2)
+    assert [(m.key(), m.value()) for m in records] == [
+        (b"alice", b"state-1"),
+        (b"alice", b"state-2"),
+    ]
+    assert store.persisted_offset(TP(topic, 1)) == records[-1].offset()
+
+    writer.put(store, topic, 1, b"alice", None)
+    writer.seal(["r3"])
+    _poll_until(writer, lambda: acked[-1:] == ["r3"], "delete acked")
+    assert store._get(b"alice") is None
+    tombstone = _read_all(kafka_bootstrap, topic, 1, 3)[-1]
+    assert (tombstone.key(), tombstone.value()) == (b"alice", None)
+
+
+def test_forgotten_records_are_never_acked(setup: Setup) -> None:
+    topic, store, writer, acked = setup.topic, setup.store, setup.writer, setup.acked
+    writer.put(store, topic, 0, b"bob", b"s")
+    writer.seal(["before-rebalance"])
+    writer.forget()  # a rebalance: these records are read again from committed offsets
+    writer.put(store, topic, 0, b"bob", b"s2")
+    writer.seal(["after"])
+    _poll_until(writer, lambda: acked == ["after"], "the later epoch acked")
