@@ -306,28 +306,22 @@ def _merge(
             v = kept.get(k)
             kept[k] = _round32(add if v is None else [v[0] + add[0], v[1] + add[1]])
         return
-    # the rescale touches every kept entry: one numpy pass instead of a Python loop
+    # the rescale touches every kept entry; one float32 rounding pass over all of them
+    # (a plain loop: cheaper than numpy's conversions at these sizes, same IEEE operations)
+    flat: list[float] = []
+    put = flat.extend
+    add_of = adds.get
+    for k, v in kept.items():
+        a = add_of(k)
+        put((v[0] * fs, v[1] * fl) if a is None else (v[0] * fs + a[0], v[1] * fl + a[1]))
     keys = list(kept)
-    vals = np.array(list(kept.values()), dtype=np.float64).reshape(len(keys), 2)
-    vals *= (fs, fl)
-    pos = dict(zip(keys, range(len(keys)), strict=True))
-    hit_idx: list[int] = []
-    hit_add: list[list[float]] = []
-    new_add: list[list[float]] = []
-    for k, add in adds.items():
-        i = pos.get(k)
-        if i is None:
+    for k, a in adds.items():
+        if k not in kept:
             keys.append(k)
-            new_add.append(add)
-        else:
-            hit_idx.append(i)
-            hit_add.append(add)
-    if hit_idx:
-        vals[hit_idx] += hit_add
-    if new_add:
-        vals = np.concatenate([vals, np.array(new_add, dtype=np.float64)])
+            put((a[0], a[1]))
+    rounded = array("f", flat).tolist()
     kept.clear()
-    kept.update(zip(keys, vals.astype(np.float32).tolist(), strict=True))
+    kept.update(zip(keys, (rounded[i : i + 2] for i in range(0, len(rounded), 2)), strict=True))
 
 
 def _add_vectors(
