@@ -6,9 +6,9 @@ States are folded in memory (this worker is the only writer of the partitions it
 written to the table, RocksDB plus changelog, once per user per flush: at every rescore tick
 and whenever many records wait. The records whose effects a flush writes are acknowledged
 only after it, so Kafka offsets never get ahead of the changelog; a crash in between
-replays them, and the core skips what the restored state already holds. Table writes run
-inside a partition context so that the changelog record and the local RocksDB write land
-on the user's own partition.
+replays them, and the core skips what the restored state already holds. Those writes name
+the user's partition (stream.table_writer); Faust's own table reads and the trends table's
+writes run inside a partition context, which tells Faust the partition.
 """
 
 from __future__ import annotations
@@ -180,9 +180,11 @@ class Pipeline:
             _current_event.reset(token)
 
     def read_state(self, user_id: str) -> UserState | None:
+        """The cached state, else the table's (read from the user's own partition)."""
         state = self.cache.get(user_id)
         if state is None:
-            raw = self.sa.states.get(user_id.encode())
+            with self.partition_context(self.partition_of(user_id)):
+                raw = self.sa.states.get(user_id.encode())
             if raw is None:
                 return None
             state = self.remember(decode(raw))
@@ -259,10 +261,13 @@ class Pipeline:
         by_category: dict[str, list[list[Any]]] = defaultdict(list)
         applied: dict[str, int] = defaultdict(int)
         duplicates = 0
+        trending_enabled = self.settings.trending_enabled
         for user_id, group in groups.items():
             duplicates += self.apply_user(user_id, group, applied)
+            if not trending_enabled:
+                continue
             for event, (source, offset) in zip(group.events, group.positions, strict=True):
-                if event.category is not None and self.settings.trending_enabled:
+                if event.category is not None:
                     entry = [event.user_id, event.item_id, event.type, event.ts, event.weight]
                     by_category[event.category].append([*entry, source, offset])
         for key, value in forwards:
@@ -285,20 +290,19 @@ class Pipeline:
 
         Adds the applied events per type to ``applied``; returns the duplicates skipped.
         """
-        with self.partition_context(group.partition):
-            state = self.read_state(user_id) or self.remember(new_state(user_id))
-            result = fold(  # re-bases the vectors itself when the model changed
-                state,
-                group.events,
-                self.config,
-                vectors=self.scorer.item_vectors,
-                positions=group.positions,
-                kafka_ts=group.kafka_ts,
-            )
-            for type_, n in result.applied_by_type.items():
-                applied[type_] += n
-            if result.applied:
-                self.unsaved[user_id] = group.partition
+        state = self.read_state(user_id) or self.remember(new_state(user_id))
+        result = fold(  # re-bases the vectors itself when the model changed
+            state,
+            group.events,
+            self.config,
+            vectors=self.scorer.item_vectors,
+            positions=group.positions,
+            kafka_ts=group.kafka_ts,
+        )
+        for type_, n in result.applied_by_type.items():
+            applied[type_] += n
+        if result.applied:
+            self.unsaved[user_id] = group.partition
         if result.applied or state.events_applied > self.last_published(user_id)[1]:
             self.dirty.mark(group.partition, user_id, state.last_event_kafka_ts or 0)
         return result.duplicates

@@ -90,8 +90,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def _deliver_batch(self, route: _Route, messages: list[Any]) -> None:
         """Hand over the records still of this generation (then acknowledge them)."""
-        await self.app.flow_control.acquire()  # held during a rebalance
-        await self.app.producer.buffer.wait_until_ebb()
+        # Like Faust's own delivery, race the wait against suspend_flow, which a rebalance or
+        # a stop sets: a plain wait on the suspended flow would keep a stopping worker forever.
+        await self.wait_first(self.app.producer.buffer.wait_until_ebb(), self.suspend_flow.wait())
+        if not (self.flow_active and self.app.flow_control.is_active()):
+            return  # a rebalance or a stop began: these records are read again, unacknowledged
         generation = self.app.consumer_generation_id
         current = [m for m in messages if m.generation_id == generation]
         if len(current) < len(messages):

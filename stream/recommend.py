@@ -6,6 +6,7 @@ evaluation builds requests and messages with the very same functions as the work
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -125,9 +126,11 @@ class DirtyUsers:
         taken: list[tuple[int, str, int]] = []
         for partition in partitions:
             users = self.by_partition.get(partition)
-            while users and len(taken) < limit:
-                user_id = next(iter(users))
-                taken.append((partition, user_id, users.pop(user_id)))
+            if users:
+                # one scan of the queue's head (popping one by one from the front would make
+                # every next(iter(...)) skip the slots already emptied)
+                for user_id in list(itertools.islice(users, limit - len(taken))):
+                    taken.append((partition, user_id, users.pop(user_id)))
             if len(taken) >= limit:
                 break
         return taken
