@@ -7,8 +7,8 @@ written to the table, RocksDB plus changelog, once per user per flush: at every 
 and whenever many records wait. The records whose effects a flush writes are acknowledged
 only after it, so Kafka offsets never get ahead of the changelog; a crash in between
 replays them, and the core skips what the restored state already holds. Those writes name
-the user's partition (stream.table_writer); Faust's own table reads and the trends table's
-writes run inside a partition context, which tells Faust the partition.
+the user's (category's) partition (stream.table_writer); Faust's own table reads run inside
+a partition context, which tells Faust the partition.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class Pipeline:
         self.unacked: list[Any] = []  # records whose effects the next flush writes
         self.writer = TableWriter(self.settings, ack=self.ack_record)
         self.states_changelog = self.sa.states.changelog_topic.get_topic_name()
+        self.trends_changelog = self.sa.trends.changelog_topic.get_topic_name()
         self.flush_after = 20 * self.settings.stream_batch_size  # records waiting, at most
         # (version, events_applied) of each owned user's last message, read once
         self.published_meta: dict[str, tuple[int, int]] = {}
@@ -135,7 +136,7 @@ class Pipeline:
         app.batch_route(self.sa.events, self.apply_batch, acks=False)
         app.timer(self.settings.rescore_interval_ms / 1000, name="rescore")(self.rescore_timer)
         app.timer(5.0, name="gauges")(self.gauges_timer)
-        app.batch_route(self.sa.by_category, self.fold_trends)
+        app.batch_route(self.sa.by_category, self.fold_trends, acks=False)
         app.timer(self.settings.trending_publish_interval_ms / 1000, name="trending-publish")(
             self.publish_trends
         )
@@ -510,10 +511,14 @@ class Pipeline:
             key = category.encode()
             with self.partition_context(partition):
                 raw = self.sa.trends.get(key)
-                trend = decode_trend(raw) if raw else new_trend(category, self.trend_config)
-                if fold_trend(trend, events, self.trend_config, positions):
-                    self.sa.trends[key] = encode_trend(trend)
-                    self.trend_changed[category] = partition
+            trend = decode_trend(raw) if raw else new_trend(category, self.trend_config)
+            if fold_trend(trend, events, self.trend_config, positions):
+                self.writer.put(
+                    self.sa.trends.data, self.trends_changelog, partition, key, encode_trend(trend)
+                )
+                self.trend_changed[category] = partition
+        self.writer.seal(batch)  # acknowledged once the changelog records are delivered
+        self.writer.poll()
 
     async def publish_trends(self) -> None:
         """Publish the snapshots of categories that changed since the last round."""
