@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from stream.events import Event, EventParser
-from stream.interest import InterestConfig, decode, encode, fold, new_state
-from stream.settings import DEFAULT_ALIASES, DEFAULT_WEIGHTS
+from stream.config import DEFAULT_ALIASES, DEFAULT_WEIGHTS
+from stream.core.codec import decode, encode
+from stream.core.events import EventParser
+from stream.core.interest import InterestConfig, fold, new_state
+from stream.core.types import Event
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "taobao_userbehavior_114users" / "UserBehavior.csv"

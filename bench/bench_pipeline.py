@@ -34,9 +34,9 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stream import broker  # noqa: E402
-from stream.synthetic import generate  # noqa: E402
-from tests.integration.harness import Stack, WorkerProc, metric_value, produce, wait_for  # noqa: E402
+from stream.tools import broker  # noqa: E402
+from stream.tools.synthetic import generate  # noqa: E402
+from tests.support.harness import Stack, WorkerProc, metric_value, produce, wait_for  # noqa: E402
 
 
 def records(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
@@ -181,8 +181,8 @@ def main() -> None:
         bootstrap = info.bootstrap
     try:
         stack = Stack(bootstrap=bootstrap, suffix=uuid.uuid4().hex[:8], partitions=8)
-        from stream.kafka_clients import ensure_topics
-        from stream.settings import load_settings
+        from stream.config import load_settings
+        from stream.worker.kafka_clients import ensure_topics
 
         settings = load_settings(
             None,

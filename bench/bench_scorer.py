@@ -33,9 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from models.export import ModelArtifacts, export_version
-from models.ranker import DenseStack, feature_names
-from models.scoring import LocalScorer, ScoreBatch, encode_batch
+from models.serving import LocalScorer
+from models.serving.codec import encode_batch
+from models.training.export import export_version
+from models.training.module import ModelArtifacts
+from models.training.ranker import DenseStack, feature_names
+from stream.core.types import ScoreBatch
 
 D, K, N_CAT = 64, 20, 1000
 RESULTS = Path(__file__).resolve().parent / "results" / "scorer.json"

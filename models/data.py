@@ -16,7 +16,10 @@ from typing import Any
 
 import orjson
 
-from stream.events import Event, EventParser, Rejection
+from stream.config import Settings, event_parser
+from stream.core.errors import DataFormatError
+from stream.core.events import EventParser
+from stream.core.types import Event, Rejection
 
 FORMATS = ("auto", "taobao", "retailrocket", "csv", "jsonl")
 CONTRACT_FIELDS = (
@@ -38,10 +41,6 @@ RETAILROCKET_MAPPING = {
     "ts": "timestamp",
 }
 SECONDS_BEFORE = 100_000_000_000  # an epoch below this is in seconds (year 5138 in ms)
-
-
-class DataFormatError(ValueError):
-    """An event file cannot be read as the format asked for; the message names file and line."""
 
 
 def detect_format(path: Path) -> str:
@@ -170,18 +169,14 @@ def load_events(
     paths: Iterable[Path],
     parser: EventParser | None = None,
     *,
-    settings: Any = None,
+    settings: Settings | None = None,
     fmt: str = "auto",
     columns: str | None = None,
     rejected: dict[str, int] | None = None,
 ) -> list[Event]:
     """Every valid event of the files, sorted by event time (ties keep file order)."""
     if parser is None:
-        if settings is None:
-            from stream.settings import Settings
-
-            settings = Settings()
-        parser = EventParser.from_settings(settings)
+        parser = event_parser(settings if settings is not None else Settings())
     events = list(iter_events(paths, parser, fmt=fmt, columns=columns, rejected=rejected))
     events.sort(key=lambda e: e.ts)
     return events

@@ -1,19 +1,27 @@
 """The ``interest`` command: thin wrappers that load settings and call the modules that work.
 
-Heavy imports (Faust, TensorFlow) happen inside the commands that need them so that
-``interest --help`` and ``interest kafka status`` answer instantly.
+TensorFlow is imported only by the commands that train or load a model, inside the
+modules that need it, so ``interest --help`` and ``interest kafka status`` answer quickly.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
-from stream.settings import Settings, SettingsError, load_settings
+from models.evaluation.evaluate import evaluate_command
+from models.training.train import train_command
+from stream.config import Settings, load_settings
+from stream.core.errors import InterestStreamError, SettingsError
+from stream.tools import broker
+from stream.tools.demo import run_demo
+from stream.tools.producer import produce_file
+from stream.tools.tail import inspect_user, tail_recommendations
+from stream.worker.main import run_worker
 
 app = typer.Typer(
     name="interest",
@@ -48,18 +56,14 @@ BootstrapOpt = Annotated[
 ]
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line, no traceback, and exit non-zero."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    sys.exit(code)
 
 
 def settings_from(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, overrides)
-    except SettingsError as exc:
-        fail(str(exc))
-        raise AssertionError("unreachable") from exc
+    return load_settings(config, overrides)
 
 
 # --------------------------------------------------------------------------- kafka
@@ -74,12 +78,8 @@ def kafka_up(
     ] = 90.0,
 ) -> None:
     """Start a local Kafka broker in the background and print its bootstrap address."""
-    from stream import broker
 
-    try:
-        bootstrap = broker.up(port=port, data_dir=data_dir, timeout_s=timeout, log=err.print)
-    except broker.BrokerError as exc:
-        fail(str(exc), 1)
+    bootstrap = broker.up(port=port, data_dir=data_dir, timeout_s=timeout, log=err.print)
     out.print(bootstrap)
 
 
@@ -90,12 +90,8 @@ def kafka_down(
     ] = None,
 ) -> None:
     """Stop the local Kafka broker cleanly."""
-    from stream import broker
 
-    try:
-        stopped = broker.down(data_dir=data_dir)
-    except broker.BrokerError as exc:
-        fail(str(exc), 1)
+    stopped = broker.down(data_dir=data_dir)
     out.print("stopped" if stopped else "not running")
 
 
@@ -106,7 +102,6 @@ def kafka_status(
     ] = None,
 ) -> None:
     """Say whether the local broker runs, and where. Exit 1 when it does not run."""
-    from stream import broker
 
     info = broker.status(data_dir=data_dir)
     if info is None:
@@ -136,12 +131,7 @@ def worker(
     settings = settings_from(
         config, kafka_bootstrap=bootstrap, web_port=web_port, data_dir=data_dir, model_dir=model_dir
     )
-    from stream.app import run_worker
-
-    try:
-        run_worker(settings)
-    except SettingsError as exc:
-        fail(str(exc))
+    raise typer.Exit(run_worker(settings))
 
 
 @app.command()
@@ -191,21 +181,16 @@ def produce(
 ) -> None:
     """Replay an event file into the events topic, keyed by user id, with a progress bar."""
     settings = settings_from(config, kafka_bootstrap=bootstrap, topic_events=topic)
-    from stream.producer import ProduceError, produce_file
-
-    try:
-        report = produce_file(
-            settings,
-            file,
-            fmt=file_format,
-            columns=columns,
-            rate=rate,
-            speedup=speedup,
-            limit=limit,
-            shift_to_now=now,
-        )
-    except (ProduceError, ValueError) as exc:
-        fail(str(exc), 1)
+    report = produce_file(
+        settings,
+        file,
+        fmt=file_format,
+        columns=columns,
+        rate=rate,
+        speedup=speedup,
+        limit=limit,
+        shift_to_now=now,
+    )
     out.print(report.describe())
     if report.failed:
         raise typer.Exit(1)
@@ -236,8 +221,6 @@ def tail(
 ) -> None:
     """Follow the recommendations topic and print each message."""
     settings = settings_from(config, kafka_bootstrap=bootstrap)
-    from stream.tail import tail_recommendations
-
     tail_recommendations(
         settings,
         from_beginning=from_beginning,
@@ -263,13 +246,7 @@ def inspect(
 ) -> None:
     """Show a user's interest state and last recommendations, from the worker that owns it."""
     settings = settings_from(config)
-    from stream.tail import inspect_user
-
-    try:
-        text = inspect_user(settings, user_id, base_url=url, vectors=vectors)
-    except RuntimeError as exc:
-        fail(str(exc), 1)
-    out.print(text)
+    out.print(inspect_user(settings, user_id, base_url=url, vectors=vectors))
 
 
 # --------------------------------------------------------------------------- models
@@ -293,8 +270,6 @@ def train(
 ) -> None:
     """Train item embeddings and the interest-strength network, and export a model version."""
     settings = settings_from(config)
-    from models.train import train_command
-
     train_command(settings, events, out_dir, epochs=epochs, folds=folds, seed=seed)
 
 
@@ -319,8 +294,6 @@ def evaluate(
 ) -> None:
     """Replay an event log in time order and compare methods on what users do next."""
     settings = settings_from(config)
-    from models.evaluate import evaluate_command
-
     evaluate_command(settings, events, out_dir, cut=cut, tune=tune, seed=seed)
 
 
@@ -341,13 +314,17 @@ def demo(
 ) -> None:
     """Everything end to end on a generated stream: broker, worker, replay, live recommendations."""
     settings = settings_from(config)
-    from stream.demo import run_demo
-
     sys.exit(run_demo(settings, users=users, events=events, rate=rate, work_dir=work_dir))
 
 
 def main() -> None:
-    app()
+    """Run a command; a project error ends it with one line and no traceback (settings: 2)."""
+    try:
+        app()
+    except SettingsError as exc:
+        fail(str(exc), 2)
+    except InterestStreamError as exc:
+        fail(str(exc), 1)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import create_topic, wait_for
 
-from stream import broker
+from stream.tools import broker
+from tests.support.helpers import SHARED_DATA, create_topic, wait_for
 
 __all__ = ["create_topic", "wait_for"]
 
@@ -92,7 +92,7 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
 @pytest.fixture
 def shared_data() -> Path:
     """``shared/data`` beside the checkout (data sets too big for the repository)."""
-    path = Path(__file__).parents[1].parent / "shared" / "data"
+    path = SHARED_DATA
     if not path.is_dir():
         pytest.skip(f"shared data directory {path} is absent")
     return path

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from helpers import create_topic, wait_for
 
-from stream import broker
+from stream.tools import broker
+from tests.support.helpers import create_topic, wait_for
 
 pytestmark = pytest.mark.integration
 

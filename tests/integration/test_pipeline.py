@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.app import RUNNING_MARKER
-from tests.integration.harness import (
+from stream.worker.main import RUNNING_MARKER
+from stream.worker.state_store import UserPartitioner
+from tests.support.harness import (
     REPO,
     Collector,
     Stack,
@@ -411,8 +412,6 @@ def test_trending_reaches_every_worker_and_single_event_users_get_reasons(
                     60,
                     lambda w=worker, c=category: f"{c} not visible on {w.name}:\n{w.log_tail()}",
                 )
-        from stream.agents import UserPartitioner
-
         owned = {w.name: set(w.health()["active_partitions"]) for w in (w1, w2)}
         partitions = {UserPartitioner(stack.partitions)(f"cat{n}") for n in range(4)}
         assert all(partitions - mine for mine in owned.values()), (partitions, owned)
@@ -444,7 +443,7 @@ def test_trending_reaches_every_worker_and_single_event_users_get_reasons(
 
 def test_partition_count_mismatch_fails_at_start(stack: Stack, tmp_path: Path) -> None:
     """An events topic with another partition count would move users: refuse, naming it."""
-    from helpers import create_topic
+    from tests.support.helpers import create_topic
 
     create_topic(stack.bootstrap, stack.events, partitions=stack.partitions + 1)
     env = stack.env(tmp_path / "w", free_port())

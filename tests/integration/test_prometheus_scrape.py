@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.harness import (
+from tests.support.harness import (
     REPO,
     Stack,
     WorkerProc,

@@ -12,12 +12,13 @@ from typing import Any
 
 import faust
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from faust.types import TP
-from helpers import create_topic, wait_for
 
-from stream.settings import load_settings
-from stream.table_writer import TableWriter
+from stream.config import load_settings
+from stream.worker.kafka_clients import producer_config
+from stream.worker.table_writer import PRODUCER_OPTIONS, TableWriter
+from tests.support.helpers import create_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,8 @@ def setup(
     kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
 ) -> Iterator[Setup]:
     acked: list[Any] = []
-    writer = TableWriter(load_settings(None, {"kafka_bootstrap": kafka_bootstrap}), acked.append)
+    settings = load_settings(None, {"kafka_bootstrap": kafka_bootstrap})
+    writer = TableWriter(Producer(producer_config(settings, **PRODUCER_OPTIONS)), acked.append)
     yield Setup(
         create_topic(kafka_bootstrap, unique_topic("changelog"), partitions=2),
         _store(tmp_path, kafka_bootstrap),

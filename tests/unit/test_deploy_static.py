@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.helpers import REPO
+
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -94,7 +94,7 @@ def series_names_for(kind: str, name: str) -> set[str]:
 
 def defined_series_names() -> set[str]:
     """Every series name the worker can export (stream/metrics.py) plus Prometheus' ``up``."""
-    from stream.metrics import REGISTRY
+    from stream.worker.metrics import REGISTRY
 
     names = {"up"}
     for family in REGISTRY.collect():
@@ -335,7 +335,7 @@ def test_healthchecks_and_restart_policies(services: dict[str, Any]) -> None:
 
 
 def test_interest_env_vars_are_real_settings(services: dict[str, Any]) -> None:
-    from stream.settings import ENV_PREFIX, Settings
+    from stream.config import ENV_PREFIX, Settings
 
     known = {ENV_PREFIX + field.upper() for field in Settings.model_fields}
     used: dict[str, str] = {}

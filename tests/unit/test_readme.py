@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from stream.config import ENV_PREFIX, Settings
+from tests.support.helpers import REPO
 
-from stream.settings import ENV_PREFIX, Settings
-
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README = (REPO / "README.md").read_text()
 
 
 def test_every_setting_is_documented() -> None:
@@ -19,7 +18,7 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_quick_start_commands_are_the_ones_ci_runs() -> None:
-    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
     assert "pip install -e '.[dev]' && interest demo" in README
     assert "bash .ci/run" in README
     assert "python -m pytest -q" in README and "python -m pytest -q" in ci

@@ -1,0 +1,208 @@
+"""The in-process scorer: the newest SavedModel version, hot-swapped without stopping.
+
+TensorFlow is imported only when a version is loaded (or the device is picked), so a
+worker without a model never imports it. A call takes one reference to the loaded version
+at its start and finishes on it, so a swap never mixes two versions in one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.serving.codec import (
+    decode_candidates,
+    decode_result,
+    empty_result,
+    encode_batch,
+    encode_candidates,
+    no_scores,
+    split,
+)
+from models.serving.model_dir import EmbeddingTable, ModelView, list_versions
+from stream.core.errors import ScorerError
+from stream.core.types import CandidateBatch, Recommended, ScoreBatch
+
+log = logging.getLogger("interest.scorer")
+
+
+@dataclass(slots=True)
+class _Loaded:
+    view: ModelView
+    module: Any  # keeps the restored object (and its variables) alive
+    run: Callable[..., Mapping[str, Any]]
+    run_score: Callable[..., Mapping[str, Any]]
+
+
+class LocalScorer:
+    """In-process SavedModel scorer with hot reload of newer version directories."""
+
+    def __init__(
+        self,
+        model_dir: Path | None,
+        *,
+        poll_interval_s: float = 10.0,
+        max_batch: int = 512,
+        watch: bool = True,
+    ) -> None:
+        self._dir = Path(model_dir) if model_dir is not None else None
+        self._poll = poll_interval_s
+        self._max_batch = max_batch
+        self._current: _Loaded | None = None
+        self._failed: set[int] = set()
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._device = _pick_device()
+        self.reload()
+        self._thread: threading.Thread | None = None
+        if watch and self._dir is not None:
+            self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+            self._thread.start()
+
+    # -- protocol
+    @property
+    def model_version(self) -> str | None:
+        cur = self._current
+        return cur.view.version if cur else None
+
+    @property
+    def item_vectors(self) -> EmbeddingTable | None:
+        cur = self._current
+        return cur.view.vectors if cur else None
+
+    @property
+    def catalog(self) -> Mapping[str, str]:
+        cur = self._current
+        return cur.view.catalog_map if cur else {}
+
+    @property
+    def network_ranking(self) -> bool:
+        """The loaded version's guard (metadata "ranking"); True while none is loaded."""
+        cur = self._current
+        return cur.view.network_ranking if cur else True
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def refresh(self) -> None:
+        """In process: the watcher thread does the reloading; nothing to reach."""
+
+    def recommend(self, batch: ScoreBatch) -> list[list[Recommended]]:
+        cur = self._current  # one reference for the whole call: a swap does not affect it
+        if cur is None or not batch.user_ids:
+            return empty_result(batch)
+        out: list[list[Recommended]] = []
+        for part in split(batch, self._max_batch):
+            inputs = encode_batch(part, cur.view)
+            try:
+                res = cur.run(**inputs)
+            except Exception as exc:  # TF raises many types; the stream needs one
+                raise ScorerError(f"local model {cur.view.version}: {exc}") from exc
+            out.extend(decode_result(part, cur.view, res["items"], res["scores"]))
+        return out
+
+    def score_candidates(self, batch: CandidateBatch) -> list[np.ndarray]:
+        """Network scores per candidate; empty arrays while no model is loaded."""
+        cur = self._current
+        if cur is None or not batch.user_ids:
+            return no_scores(batch)
+        out: list[np.ndarray] = []
+        for part in split(batch, self._max_batch):
+            inputs = encode_candidates(part, cur.view)
+            try:
+                res = cur.run_score(**inputs)
+            except Exception as exc:
+                raise ScorerError(f"local model {cur.view.version}: {exc}") from exc
+            out.extend(decode_candidates(part, res["scores"]))
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # -- loading
+    def reload(self) -> bool:
+        """Load the newest version if it is newer than the current one; True if swapped."""
+        if self._dir is None:
+            return False
+        with self._reload_lock:
+            versions = [v for v in list_versions(self._dir) if v not in self._failed]
+            if not versions:
+                return False
+            newest = versions[-1]
+            cur = self._current
+            if cur is not None and int(cur.view.version) >= newest:
+                return False
+            try:
+                loaded = self._load(self._dir / str(newest))
+            except Exception as exc:
+                self._failed.add(newest)
+                log.error("model version %s under %s failed to load: %s", newest, self._dir, exc)
+                return False
+            self._current = loaded  # single reference swap: atomic for readers
+            log.info(
+                "model version %s loaded on %s (was %s)",
+                newest,
+                self._device,
+                cur.view.version if cur else None,
+            )
+            return True
+
+    def _load(self, path: Path) -> _Loaded:
+        import tensorflow as tf
+
+        view = ModelView.load(path)
+        with tf.device(self._device):
+            module = tf.saved_model.load(str(path))
+
+        def runner(name: str) -> Callable[..., dict[str, np.ndarray]]:
+            fn = module.signatures[name]
+
+            def run(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+                with tf.device(self._device):
+                    res = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+                return {k: v.numpy() for k, v in res.items()}
+
+            return run
+
+        loaded = _Loaded(view, module, runner("recommend"), runner("score"))
+        _warm_up(loaded)
+        return loaded
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                self.reload()
+            except Exception:  # never let the watcher die
+                log.exception("model watcher: reload failed")
+
+
+def _pick_device() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    device = "/GPU:0" if gpus else "/CPU:0"
+    log.info("local scorer runs on %s (%d GPU(s) visible)", device, len(gpus))
+    return device
+
+
+def _warm_up(loaded: _Loaded) -> None:
+    """One call per typical batch shape so the first real batch does not pay for setup."""
+    d = loaded.view.vectors.dim
+    for b in (1, 8):
+        batch = ScoreBatch(
+            [f"warmup{i}" for i in range(b)],
+            np.full((b, 2, d), 0.01, np.float32),
+            [({}, {})] * b,
+            [set()] * b,
+            loaded.view.catalog.top_k,
+        )
+        loaded.run(**encode_batch(batch, loaded.view))

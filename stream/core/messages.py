@@ -1,0 +1,84 @@
+"""The records the worker writes for others: recommendation messages (CONTRACT section 3)
+and dead-letter records (CONTRACT section 1).
+
+Pure: the offline evaluation and the tests build messages with the very same functions as
+the worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from stream.core.decay import LONG, SHORT
+from stream.core.interest import UserState, top_categories
+from stream.core.types import Recommended, Rejection
+
+INTERESTS_PER_HORIZON = 10
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def interests(state: UserState) -> dict[str, list[dict[str, Any]]]:
+    """Strongest categories per horizon at t_ref, as the message carries them."""
+    return {
+        name: [
+            {"category": cat, "strength": float(value)}
+            for cat, value in top_categories(state, horizon, INTERESTS_PER_HORIZON)
+        ]
+        for name, horizon in (("long", LONG), ("short", SHORT))
+    }
+
+
+def item_entry(rec: Recommended) -> dict[str, Any]:
+    entry: dict[str, Any] = {"item_id": rec.item_id, "score": round(float(rec.score), 6)}
+    if rec.reason:
+        entry["reason"] = rec.reason
+    if rec.category is not None:
+        entry["category"] = rec.category
+    return entry
+
+
+def build_message(
+    state: UserState,
+    items: Iterable[Recommended],
+    *,
+    version: int,
+    model_version: str | None,
+    generated_at: int | None = None,
+) -> dict[str, Any]:
+    """One recommendation message exactly as CONTRACT section 3 defines it."""
+    return {
+        "user_id": state.user_id,
+        "version": version,
+        "generated_at": generated_at if generated_at is not None else now_ms(),
+        "as_of": state.t_ref,
+        "model_version": model_version,
+        "items": [item_entry(r) for r in items],
+        "interests": interests(state),
+        "events_applied": state.events_applied,
+    }
+
+
+def dead_letter(
+    rejection: Rejection, *, topic: str, partition: int, offset: int, value: bytes | None
+) -> dict[str, Any]:
+    """A rejected record as the dead-letter topic carries it; ``original`` is the raw value
+    as text, base64 when it is not UTF-8."""
+    raw = value or b""
+    try:
+        original = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        original = base64.b64encode(raw).decode("ascii")
+    return {
+        "reason": str(rejection.reason),
+        "detail": rejection.detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "original": original,
+    }

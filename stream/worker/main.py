@@ -1,0 +1,390 @@
+"""The one place that wires a worker together: settings in, a running Faust worker out.
+
+Everything here is construction and lifecycle: the parts (stream.worker.apply, .rescore,
+.trends, .housekeeping, .state_store, .web) receive what they use and decide nothing about
+where it comes from. Shutdown closes everything this module opened. A fatal error
+(:class:`stream.core.errors.FatalError`, e.g. a changelog record that could not be
+delivered) stops the worker with one log line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from models.serving import open_scorer
+from stream.config import Settings, event_parser, interest_config, trend_config
+from stream.core.errors import FatalError
+from stream.core.scheduling import DirtyUsers
+from stream.core.types import Scorer
+from stream.worker.apply import ApplyHandler, Topics
+from stream.worker.housekeeping import Expiry, Gauges, ModelTracker, PendingScan
+from stream.worker.kafka_clients import (
+    by_category_topic,
+    confluent_config,
+    ensure_topics,
+    producer_config,
+    trending_topic,
+)
+from stream.worker.rescore import PublishedLog, Publisher, Ranker, Rescorer
+from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.table_writer import PRODUCER_OPTIONS, TableWriter
+from stream.worker.topology import StreamApp, make_app
+from stream.worker.trends import TrendAggregator, TrendingFollower
+from stream.worker.web import register_views
+
+log = logging.getLogger("interest.worker")
+
+RUNNING_MARKER = "worker.running"  # present while a worker uses the data directory
+FLUSH_AFTER_BATCHES = 20  # a flush at the latest when this many batches' records wait
+GAUGES_INTERVAL_S = 5.0
+EXPIRY_INTERVAL_S = 60.0
+
+
+@dataclass
+class Worker:
+    """The parts of one running worker, and what must be closed when it stops."""
+
+    settings: Settings
+    sa: StreamApp
+    scorer: Scorer
+    writer: TableWriter
+    follower: TrendingFollower
+    executor: ThreadPoolExecutor
+    states: StateStore
+    published: PublishedLog
+    dirty: DirtyUsers
+    model: ModelTracker
+    apply: ApplyHandler
+    rescorer: Rescorer
+    trends: TrendAggregator
+    scan: PendingScan
+    gauges: Gauges
+    expiry: Expiry
+    started: float = field(default_factory=time.time)
+    fatal: FatalError | None = None
+
+    def active_partitions(self) -> set[int]:
+        return active_events_partitions(self.sa)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "in_recovery": bool(self.sa.app.in_recovery),
+            "active_partitions": sorted(self.active_partitions()),
+            "dirty_users": self.dirty.count(),
+            "model_version": self.scorer.model_version,
+        }
+
+    def close(self) -> bool:
+        """Close everything opened; True when every table record was delivered."""
+        delivered = self.writer.close()
+        self.follower.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.scorer.close()
+        return delivered and self.fatal is None
+
+
+def active_events_partitions(sa: StreamApp) -> set[int]:
+    actives = sa.app.assignor.assigned_actives()
+    return {tp.partition for tp in actives if tp.topic == sa.settings.topic_events}
+
+
+def build(settings: Settings) -> Worker:
+    """Construct every part of a worker for these settings (nothing runs yet)."""
+    sa = make_app(settings)
+    app = sa.app
+    scorer = open_scorer(
+        settings.scorer.value,
+        settings.model_dir,
+        poll_interval_s=settings.model_poll_interval_s,
+        tfserving_url=settings.tfserving_url,
+        tfserving_model_name=settings.tfserving_model_name,
+        timeout_s=settings.scorer_timeout_ms / 1000,
+    )
+    writer = TableWriter(
+        Producer(producer_config(settings, **PRODUCER_OPTIONS)),
+        ack=lambda record: app.consumer.ack(record),
+    )
+    topic = trending_topic(settings)
+    follower = TrendingFollower(lambda: _snapshot_consumer(settings, topic)).start()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+    partition_of = UserPartitioner(settings.events_partitions)
+    contexts = PartitionContexts(settings.topic_events)
+    states = StateStore(
+        sa.states, sa.states.changelog_topic.get_topic_name(), writer, partition_of, contexts
+    )
+    published = PublishedLog(sa.published)
+    dirty = DirtyUsers(base_backoff_s=settings.rescore_interval_ms / 1000)
+    model = ModelTracker(scorer, lambda catalog: event_parser(settings, catalog))
+
+    def vectors() -> Any:
+        return scorer.item_vectors
+
+    apply = ApplyHandler(
+        model.parser,
+        states,
+        published,
+        dirty,
+        writer,
+        Topics(
+            rekey=sa.rekey.get_topic_name(),
+            by_category=by_category_topic(settings),
+            dlq=settings.topic_dlq,
+        ),
+        interest_config(settings),
+        vectors=vectors,
+        partition_of=partition_of,
+        trending=settings.trending_enabled,
+        flush_after=FLUSH_AFTER_BATCHES * settings.stream_batch_size,
+    )
+    rescorer = Rescorer(
+        states,
+        dirty,
+        Ranker(
+            scorer,
+            follower.current,
+            k=settings.top_k,
+            policy=settings.purchased_policy.value,
+            limit=settings.candidate_limit,
+        ),
+        Publisher(sa.published, settings.topic_recommendations, writer, published),
+        executor,
+        vectors=vectors,
+        model_version=lambda: scorer.model_version,
+        active_partitions=lambda: active_events_partitions(sa),
+        generation=lambda: app.consumer_generation_id,
+        last_applied=lambda: apply.last_applied,
+        interval_s=settings.rescore_interval_ms / 1000,
+        batch_size=settings.rescore_batch_size,
+        timeout_s=settings.scorer_timeout_ms / 1000,
+    )
+    trends = TrendAggregator(
+        sa.trends,
+        sa.trends.changelog_topic.get_topic_name(),
+        writer,
+        contexts,
+        sa.trending,
+        trend_config(settings),
+    )
+    scan = PendingScan(
+        states,
+        published,
+        dirty,
+        lambda: active_events_partitions(sa),
+        lambda: bool(app.in_recovery),
+    )
+    gauges = Gauges(
+        states,
+        dirty,
+        lambda: len(follower.view),
+        lambda: app.consumer,
+        lambda: app.assignor.assigned_actives(),
+        settings.topic_events,
+    )
+    expiry = Expiry(states, lambda: active_events_partitions(sa), settings.expire_threshold)
+    return Worker(
+        settings,
+        sa,
+        scorer,
+        writer,
+        follower,
+        executor,
+        states,
+        published,
+        dirty,
+        model,
+        apply,
+        rescorer,
+        trends,
+        scan,
+        gauges,
+        expiry,
+    )
+
+
+def _snapshot_consumer(settings: Settings, topic: str) -> Consumer:
+    """A consumer of every partition of the snapshots topic, from the beginning, no group."""
+    consumer = Consumer(
+        confluent_config(
+            settings,
+            **{
+                "group.id": "unused-no-commits",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            },
+        )
+    )
+    meta = consumer.list_topics(topic, timeout=30).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    return consumer
+
+
+def register(worker: Worker) -> None:
+    """Routes, timers, rebalance hooks and HTTP views of a built worker."""
+    settings, sa = worker.settings, worker.sa
+    app = sa.app
+    guard = _Guard(worker)
+    app.batch_route(sa.events, guard.handler(worker.apply), acks=False)
+    app.batch_route(sa.by_category, guard.handler(worker.trends.fold), acks=False)
+
+    async def rescore() -> None:
+        worker.states.flush()
+        worker.scan.run()
+        await worker.rescorer.rescore_dirty()
+
+    async def gauges() -> None:
+        await worker.gauges.update()
+        worker.model.refresh()
+
+    async def expire() -> None:
+        worker.expiry.run()
+
+    app.timer(settings.rescore_interval_ms / 1000, name="rescore")(
+        guard.timer(rescore, "rescoring failed; users stay dirty")
+    )
+    app.timer(GAUGES_INTERVAL_S, name="gauges")(guard.timer(gauges, "gauge update failed"))
+    app.timer(settings.trending_publish_interval_ms / 1000, name="trending-publish")(
+        guard.timer(worker.trends.publish, "trending publication failed")
+    )
+    if settings.expire_threshold > 0:
+        app.timer(EXPIRY_INTERVAL_S, name="expire")(guard.timer(expire, "expiry failed"))
+
+    async def on_revoked(_app: Any, revoked: set[Any], **_: Any) -> None:
+        """Forget what is folded and not written: Faust's recovery seeks every partition
+        back to its committed offset, so those records are read again by their next owner."""
+        forget(worker)
+        gone = {tp.partition for tp in revoked}
+        worker.trends.forget(gone)
+        worker.dirty.drop_partitions(
+            {tp.partition for tp in revoked if tp.topic == settings.topic_events}
+        )
+
+    async def on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
+        forget(worker)
+
+    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_assigned.connect(on_assigned)
+    sa.states.on_recover(worker.scan.on_recovered)
+    register_views(
+        app,
+        sa.states,
+        sa.published,
+        health=worker.health,
+        read_state=worker.states.read,
+        trending=lambda: worker.follower.view,
+    )
+
+
+def forget(worker: Worker) -> None:
+    """Drop everything folded and not written, and the cached publication log."""
+    worker.states.forget()
+    worker.published.forget()
+
+
+class _Guard:
+    """Keeps one failing call from stopping the worker, and a fatal one from being ignored."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def stop(self, exc: FatalError) -> None:
+        """One line, then a clean stop (SIGTERM's path); run_worker exits non-zero."""
+        if self.worker.fatal is None:
+            self.worker.fatal = exc
+            log.critical("stopping the worker: %s", exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def handler(self, fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        async def run(batch: Any) -> None:
+            try:
+                await fn(batch)
+            except FatalError as exc:  # the records stay unacknowledged: read again later
+                self.stop(exc)
+
+        return run
+
+    def timer(self, fn: Callable[[], Awaitable[None]], what: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            try:
+                await fn()
+            except FatalError as exc:
+                self.stop(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(what)
+
+        return run
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aiokafka", "kafka", "faust.transport", "mode"):
+        logging.getLogger(noisy).setLevel(
+            max(logging.WARNING, logging.getLevelName(settings.log_level))
+        )
+
+
+def run_worker(settings: Settings) -> int:
+    """Create missing topics, then run the worker until stopped; returns the exit code."""
+    configure_logging(settings)
+    os.makedirs(settings.data_dir, exist_ok=True)
+    created = ensure_topics(settings)
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    worker = build(settings)
+    register(worker)
+    log.info("worker settings: %s", settings.redacted())
+    marker = settings.data_dir / RUNNING_MARKER
+    discard_stores_after_crash(marker, Path(worker.sa.app.conf.tabledir))
+    marker.write_text(str(os.getpid()))
+    runner = faust.Worker(
+        worker.sa.app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
+    code = 0
+    try:
+        runner.execute_from_commandline()
+    except SystemExit as exc:  # mode's worker always leaves through sys.exit
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        if worker.close():
+            marker.unlink(missing_ok=True)  # a clean stop: the stores match their changelogs
+    return 1 if worker.fatal is not None else code
+
+
+def discard_stores_after_crash(marker: Path, tabledir: Path) -> None:
+    """After a crash, rebuild the local stores from their changelogs.
+
+    A killed worker can leave RocksDB values whose changelog records were never produced
+    (Faust writes the store first and flushes the changelog only before a commit). Kept,
+    such a value is ahead of Kafka: its events are skipped as duplicates on replay, and the
+    next owner of the partition, restoring from the changelog, would lose them. So a data
+    directory not released by a clean stop is discarded; its content comes back from Kafka.
+    """
+    if marker.exists() and tabledir.exists():
+        log.warning(
+            "the previous worker on %s did not stop cleanly: rebuilding its state stores "
+            "from their changelogs",
+            marker.parent,
+        )
+        shutil.rmtree(tabledir)

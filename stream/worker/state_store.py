@@ -1,0 +1,207 @@
+"""The user-state table as the worker uses it: a write-back cache over Faust's RocksDB store.
+
+States are folded in memory (this worker is the only writer of the partitions it owns) and
+written to the table, RocksDB plus changelog, once per user per flush. The records whose
+effects a flush writes are acknowledged only after the changelog records are delivered
+(stream.worker.table_writer), so Kafka offsets never get ahead of the changelog; a crash in
+between replays them, and the core skips what the restored state already holds.
+
+Faust's tables take the partition from the "current event", which a batch handler or a
+timer does not have: reads run in a :class:`PartitionContexts` context naming the user's
+partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event  # the context Faust tables take partitions from
+
+from stream.core.codec import decode, encode
+from stream.core.interest import InterestConfig, UserState, new_state
+from stream.worker import metrics
+
+
+class Writer(Protocol):
+    """What the store needs of stream.worker.table_writer.TableWriter."""
+
+    def put(self, store: Any, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        """Write ``key`` in the partition's RocksDB, then its changelog record."""
+        ...
+
+    def seal(self, records: list[Any]) -> None:
+        """Close the epoch: ``records`` are acked once all its writes are delivered."""
+        ...
+
+    def poll(self) -> int:
+        """Serve delivery reports; ack the records of complete epochs."""
+        ...
+
+    def forget(self) -> None:
+        """A rebalance: records waiting for acks will be read again."""
+        ...
+
+
+class Table(Protocol):
+    """What the store needs of a Faust table (bytes keys and values)."""
+
+    data: Any  # the table's store: _db_for_partition, _dbs, set_persisted_offset
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def items(self) -> Any: ...
+
+
+class UserPartitioner:
+    """The partition Kafka's default (murmur2) partitioner gives a user id, memoised."""
+
+    def __init__(self, partitions: int, cache_size: int = 1 << 18) -> None:
+        self.partitions = partitions
+        self.cache: dict[str, int] = {}
+        self.cache_size = cache_size
+
+    def __call__(self, user_id: str) -> int:
+        p = self.cache.get(user_id)
+        if p is None:
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+            p = self.cache[user_id] = (murmur2(user_id.encode()) & 0x7FFFFFFF) % self.partitions
+        return p
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class _PartitionEvent:
+    """Stands in for Faust's current event so that a table read goes to ``partition``."""
+
+    message: _Message
+
+
+class PartitionContexts:
+    """Context managers that make Faust's tables read (and write) a given partition."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._events: dict[int, _PartitionEvent] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, partition: int) -> Iterator[None]:
+        ctx = self._events.get(partition)
+        if ctx is None:
+            ctx = self._events[partition] = _PartitionEvent(_Message(self.topic, partition))
+        token = _current_event.set(weakref.ref(ctx))
+        try:
+            yield
+        finally:
+            _current_event.reset(token)
+
+
+class StateStore:
+    """Decoded states of owned users, folded in memory and written back once per flush.
+
+    The cache is exact while this worker owns the user's partition (it is the only
+    writer); it is dropped on every rebalance (:meth:`forget`).
+    """
+
+    def __init__(
+        self,
+        table: Table,
+        changelog: str,
+        writer: Writer,
+        partition_of: Callable[[str], int],
+        contexts: PartitionContexts,
+        *,
+        cache_size: int = 200_000,
+    ) -> None:
+        self.table = table
+        self.changelog = changelog
+        self.writer = writer
+        self.partition_of = partition_of
+        self.contexts = contexts
+        self.cache: dict[str, UserState] = {}
+        self.cache_size = cache_size
+        self.unsaved: dict[str, int] = {}  # user_id -> partition: folded, not yet written
+        self.unacked: list[Any] = []  # records whose effects the next flush writes
+
+    def read(self, user_id: str) -> UserState | None:
+        """The cached state, else the table's (read from the user's own partition)."""
+        state = self.cache.get(user_id)
+        if state is None:
+            with self.contexts(self.partition_of(user_id)):
+                raw = self.table.get(user_id.encode())
+            if raw is None:
+                return None
+            state = self._remember(decode(raw))
+        return state
+
+    def read_or_new(self, user_id: str, config: InterestConfig) -> UserState:
+        return self.read(user_id) or self._remember(new_state(user_id, config))
+
+    def _remember(self, state: UserState) -> UserState:
+        if len(self.cache) >= self.cache_size:
+            oldest = next(iter(self.cache))
+            if oldest in self.unsaved:
+                self.flush()
+            del self.cache[oldest]
+        self.cache[state.user_id] = state
+        return state
+
+    def changed(self, user_id: str, partition: int) -> None:
+        """The user's state was folded: write it at the next flush."""
+        self.unsaved[user_id] = partition
+
+    def applied(self, records: list[Any]) -> None:
+        """Records whose effects the next flush writes (acknowledged after its delivery)."""
+        self.unacked.extend(records)
+
+    @property
+    def waiting(self) -> int:
+        """Records applied and not yet covered by a flush."""
+        return len(self.unacked)
+
+    def flush(self) -> None:
+        """Write every state folded since the last flush, once; its records are acknowledged
+        when the changelog records are delivered (stream.worker.table_writer)."""
+        store = self.table.data
+        for user_id, partition in self.unsaved.items():
+            value = encode(self.cache[user_id])  # unsaved states are never evicted
+            metrics.STATE_BYTES.observe(len(value))
+            self.writer.put(store, self.changelog, partition, user_id.encode(), value)
+        self.unsaved.clear()
+        self.writer.seal(self.unacked)
+        self.unacked = []
+        self.writer.poll()
+
+    def delete(self, partition: int, user_ids: list[str]) -> None:
+        """Remove users from the table (and their changelog) and from the cache."""
+        store = self.table.data
+        for user_id in user_ids:
+            self.writer.put(store, self.changelog, partition, user_id.encode(), None)
+            self.cache.pop(user_id, None)
+            self.unsaved.pop(user_id, None)
+
+    def owned(self, partitions: set[int]) -> Iterator[tuple[str, int, UserState]]:
+        """Every stored state of the given partitions (for scans after a rebalance)."""
+        for key, raw in self.table.items():
+            user_id = key.decode() if isinstance(key, bytes) else str(key)
+            partition = self.partition_of(user_id)
+            if partition in partitions:
+                yield user_id, partition, decode(raw)
+
+    def forget(self) -> None:
+        """Drop every cached state with what was folded into it and not yet written:
+        after a rebalance those records are read again from the committed offsets."""
+        self.writer.forget()
+        self.unsaved.clear()
+        self.unacked.clear()
+        self.cache.clear()

@@ -1,0 +1,170 @@
+"""Fast tests of stream/broker.py's pure parts and its failure messages (no broker started)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from stream.tools import broker
+
+
+def test_properties_describe_a_single_local_node(tmp_path: Path) -> None:
+    text = broker.render_properties(19092, 19093, tmp_path)
+    props = dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert Path(props["log.dirs"]).parent == tmp_path
+    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor"):
+        assert props[key] == "1"
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["auto.create.topics.enable"] == "false"
+
+
+def test_property_overrides_win(tmp_path: Path) -> None:
+    text = broker.render_properties(1, 2, tmp_path, {"auto.create.topics.enable": "true"})
+    assert "auto.create.topics.enable=true" in text.splitlines()
+    assert "auto.create.topics.enable=false" not in text
+
+
+@pytest.mark.parametrize(
+    ("output", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('openjdk version "25" 2025-09-16', 25),
+        ('java version "1.8.0_392"', 8),
+        ("no version here", None),
+    ],
+)
+def test_java_version_parsing(output: str, major: int | None) -> None:
+    assert broker.parse_java_version(output) == major
+
+
+def test_port_in_use_detects_a_listener() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert broker.port_in_use(sock.getsockname()[1])
+    assert not broker.port_in_use(broker.free_port())
+
+
+def test_start_refuses_a_port_in_use(tmp_path: Path) -> None:
+    if broker.shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no java: the java check comes first")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(broker.BrokerError, match=f"port {port} .* already in use"):
+            broker.start(port, tmp_path / "kafka")
+    assert not (tmp_path / "kafka").exists(), "nothing is written before the checks pass"
+
+
+def test_missing_java_on_path_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(broker.BrokerError, match=r"Java not found: Kafka needs Java 17"):
+        broker.up(port=broker.free_port(), data_dir=tmp_path / "kafka", log=lambda _m: None)
+
+
+def test_java_home_pointing_at_nothing_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    with pytest.raises(broker.BrokerError, match=r"JAVA_HOME is .* not an executable"):
+        broker.find_java()
+
+
+def test_old_java_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "jdk8" / "bin" / "java"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\necho 'java version \"1.8.0_392\"' >&2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk8"))
+    with pytest.raises(broker.BrokerError, match=r"is Java 8; Kafka .* needs Java 17"):
+        broker.find_java()
+
+
+def test_fetch_skips_maven_once_the_cache_is_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no mvn: must not be needed
+    root = broker.cache_dir()
+    (root / "libs").mkdir(parents=True)
+    (root / broker.COMPLETE_MARKER).write_text(broker.KAFKA_VERSION)
+    assert broker.fetch(log=lambda _m: None) == root / "libs"
+
+
+def test_fetch_without_maven_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(broker.BrokerError, match=r"Maven \(mvn\) is needed .* KAFKA_HOME"):
+        broker.fetch(log=lambda _m: None)
+
+
+def test_kafka_home_gives_its_libs_and_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "libs").mkdir()
+    (tmp_path / "libs" / "kafka_2.13-3.9.1.jar").touch()
+    (tmp_path / "libs" / "kafka_2.13-3.9.1-test.jar").touch()
+    monkeypatch.setenv("KAFKA_HOME", str(tmp_path))
+    classpath = broker.resolve_classpath(log=lambda _m: None)
+    assert classpath.version == "3.9.1"
+    assert classpath.java_arg == str(tmp_path / "libs" / "*")
+
+
+def test_kafka_home_without_jars_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_HOME", str(tmp_path))
+    with pytest.raises(broker.BrokerError, match="holds no kafka_2"):
+        broker.resolve_classpath()
+
+
+def test_pom_and_module_agree_on_the_kafka_version() -> None:
+    pom = broker.POM.read_text()
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    assert match is not None and match.group(1) == broker.KAFKA_VERSION
+
+
+def test_cluster_id_is_16_bytes_of_url_safe_base64() -> None:
+    cluster_id = broker.new_cluster_id()
+    assert len(cluster_id) == 22
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_status_without_a_broker_is_none_and_cleans_a_stale_pid_file(tmp_path: Path) -> None:
+    assert broker.status(tmp_path) is None
+    # A pid that is alive but is not our broker (this very process): stale, removed.
+    (tmp_path / broker.STATE_FILE).write_text(
+        f'{{"pid": {os.getpid()}, "bootstrap": "127.0.0.1:1", "version": "x"}}'
+    )
+    (tmp_path / broker.PID_FILE).write_text(f"{os.getpid()}\n")
+    assert broker.status(tmp_path) is None
+    assert not (tmp_path / broker.PID_FILE).exists()
+    assert broker.down(tmp_path) is False
+
+
+def test_log_tail_keeps_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "broker.log"
+    log.write_text("".join(f"line {i}\n" for i in range(50)))
+    assert broker.log_tail(log, 3) == "line 47\nline 48\nline 49"
+    assert "no broker log" in broker.log_tail(tmp_path / "missing.log")
+
+
+def test_describe_names_pid_address_version_and_data(tmp_path: Path) -> None:
+    info = broker.BrokerInfo(42, "127.0.0.1:9092", tmp_path, "4.4.0", tmp_path / "broker.log")
+    assert info.describe().startswith("running (pid 42) at 127.0.0.1:9092, Kafka 4.4.0")
+    assert str(tmp_path) in info.describe()

@@ -1,0 +1,141 @@
+"""The apply handler on fetches of records: folds, duplicates, dead letters, re-keying,
+trending forwarding and flush thresholds (fakes for the store, the producer and the table)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from stream.config import Settings, event_parser, interest_config
+from stream.core.scheduling import DirtyUsers
+from stream.worker.apply import REKEY_SOURCE_BASE, ApplyHandler, Topics
+from stream.worker.rescore import PublishedLog
+from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.table_writer import TableWriter
+from tests.support.fakes import FakeProducer, FakeRecord, FakeTable
+
+T0 = 1_700_000_000_000
+PARTITIONS = 4
+TOPICS = Topics(rekey="rekey", by_category="by-category", dlq="dlq")
+
+
+class World:
+    """An apply handler over fakes, and what it touched."""
+
+    def __init__(self, flush_after: int = 1000, trending: bool = True) -> None:
+        settings = Settings()
+        self.producer = FakeProducer()
+        self.acked: list[Any] = []
+        self.partition_of = UserPartitioner(PARTITIONS)
+        self.table = FakeTable()
+        self.states = StateStore(
+            self.table,
+            "users-changelog",
+            TableWriter(self.producer, ack=self.acked.append),
+            self.partition_of,
+            PartitionContexts("events"),
+        )
+        self.dirty = DirtyUsers()
+        self.handler = ApplyHandler(
+            lambda: event_parser(settings),
+            self.states,
+            PublishedLog(FakeTable()),
+            self.dirty,
+            self.states.writer,  # the table writer produces the handler's records too
+            TOPICS,
+            interest_config(settings),
+            vectors=lambda: None,
+            partition_of=self.partition_of,
+            trending=trending,
+            flush_after=flush_after,
+        )
+        self.offset = 0
+
+    def record(
+        self, user: str, item: str, ts: int, *, key: str | None = None, raw: bytes | None = None
+    ) -> FakeRecord:
+        value = raw or orjson.dumps(
+            {"user_id": user, "item_id": item, "type": "click", "ts": ts, "category": "c1"}
+        )
+        self.offset += 1
+        return FakeRecord(
+            "events",
+            self.partition_of(user),
+            self.offset,
+            (key if key is not None else user).encode(),
+            value,
+            ts / 1000,
+        )
+
+    def apply(self, records: list[FakeRecord]) -> None:
+        asyncio.run(self.handler(records))
+
+
+def test_events_fold_into_states_and_mark_users_dirty() -> None:
+    w = World()
+    w.apply([w.record("u1", "i1", T0), w.record("u1", "i2", T0 + 1), w.record("u2", "i1", T0)])
+    u1 = w.states.read("u1")
+    assert u1 is not None and u1.events_applied == 2 and set(u1.items) == {"i1", "i2"}
+    assert w.dirty.count() == 2
+    assert w.states.unsaved == {"u1": w.partition_of("u1"), "u2": w.partition_of("u2")}
+
+
+def test_a_replayed_record_is_a_duplicate_and_not_dirty_again() -> None:
+    w = World()
+    first = w.record("u1", "i1", T0)
+    w.apply([first])
+    w.dirty.take(range(PARTITIONS), 10)
+    w.states.unsaved.clear()
+    w.apply([first])  # the same offset again (a crash replay)
+    assert w.states.read("u1").events_applied == 1
+    assert w.states.unsaved == {}
+
+
+def test_bad_records_go_to_the_dead_letter_topic_with_their_reason() -> None:
+    w = World()
+    good = w.record("u1", "i1", T0)
+    bad = w.record("u1", "", T0, raw=b'{"user_id": "u1", "item_id": "", "type": "click"}')
+    junk = w.record("u2", "", T0, raw=b"\xff\xfe not json")
+    w.apply([good, bad, junk])
+    dead = [orjson.loads(r.value) for r in w.producer.on("dlq")]
+    assert [d["reason"] for d in dead] == ["empty_id", "invalid_utf8"]
+    assert dead[0]["offset"] == bad.offset and dead[0]["original"] == bad.value.decode()
+    assert w.states.read("u1").events_applied == 1
+
+
+def test_a_record_keyed_by_someone_else_is_rekeyed_not_applied() -> None:
+    w = World()
+    foreign = w.record("u1", "i1", T0, key="not-u1")
+    w.apply([foreign])
+    assert w.states.read("u1") is None
+    [sent] = w.producer.on("rekey")
+    assert sent.key == b"u1" and sent.value == foreign.value
+    rekeyed = FakeRecord("rekey", w.partition_of("u1"), 0, b"u1", foreign.value, T0 / 1000)
+    w.apply([rekeyed])
+    state = w.states.read("u1")
+    assert state.events_applied == 1 and state.offsets == {
+        w.partition_of("u1") + REKEY_SOURCE_BASE: 0
+    }
+
+
+def test_applied_events_are_forwarded_per_category() -> None:
+    w = World()
+    w.apply([w.record("u1", "i1", T0), w.record("u2", "i2", T0 + 5)])
+    [forwarded] = w.producer.on("by-category")
+    assert forwarded.key == b"c1"
+    rows = orjson.loads(forwarded.value)
+    assert sorted(r[1] for r in rows) == ["i1", "i2"]
+    w2 = World(trending=False)
+    w2.apply([w2.record("u1", "i1", T0)])
+    assert w2.producer.on("by-category") == []
+
+
+def test_states_are_written_once_enough_records_wait() -> None:
+    w = World(flush_after=3)
+    w.apply([w.record("u1", "i1", T0), w.record("u1", "i2", T0 + 1)])
+    assert w.producer.on("users-changelog") == []
+    w.apply([w.record("u2", "i1", T0)])
+    assert {r.key for r in w.producer.on("users-changelog")} == {b"u1", b"u2"}
+    assert len(w.acked) == 3  # every record of the flush, once its writes were delivered

@@ -1,0 +1,141 @@
+"""Rescoring: dirty users ranked off the event loop and published with increasing versions;
+a failing or hanging scorer keeps them dirty; a rebalance in between publishes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.core.interest import InterestConfig, fold
+from stream.core.scheduling import DirtyUsers
+from stream.core.types import Event
+from stream.worker import metrics
+from stream.worker.rescore import PublishedLog, Publisher, Ranker, Rescorer
+from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.table_writer import TableWriter
+from tests.support.fakes import FakeProducer, FakeScorer, FakeTable
+
+CFG = InterestConfig()
+T0 = 1_700_000_000_000
+
+
+class World:
+    def __init__(self, scorer: FakeScorer, timeout_s: float = 5.0) -> None:
+        self.producer = FakeProducer()
+        writer = TableWriter(self.producer, ack=lambda _r: None)
+        self.partition_of = UserPartitioner(4)
+        self.states = StateStore(
+            FakeTable(), "users-changelog", writer, self.partition_of, PartitionContexts("e")
+        )
+        self.published_table = FakeTable()
+        self.log = PublishedLog(self.published_table)
+        self.dirty = DirtyUsers(base_backoff_s=0.01)
+        self.generation = 1
+        self.owned = {0, 1, 2, 3}
+        self.executor = ThreadPoolExecutor(1)
+        self.rescorer = Rescorer(
+            self.states,
+            self.dirty,
+            Ranker(scorer, lambda: ({}, []), k=5, policy="demote", limit=50),
+            Publisher(self.published_table, "recs", writer, self.log),
+            self.executor,
+            vectors=lambda: None,
+            model_version=lambda: scorer.model_version,
+            active_partitions=lambda: self.owned,
+            generation=lambda: self.generation,
+            last_applied=lambda: 0.0,
+            interval_s=0.2,
+            batch_size=2,
+            timeout_s=timeout_s,
+        )
+
+    def event(self, user: str, item: str, ts: int) -> None:
+        state = self.states.read_or_new(user, CFG)
+        fold(state, [Event(user, item, "click", ts, f"{user}{item}{ts}", "c1", 2.0)], CFG)
+        self.dirty.mark(self.partition_of(user), user, ts)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [orjson.loads(r.value) for r in self.producer.on("recs")]
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run(coro)
+
+
+def test_dirty_users_are_published_with_increasing_versions() -> None:
+    w = World(FakeScorer())
+    for n, user in enumerate(("a", "b", "c")):
+        w.event(user, f"i{n}", T0 + n)
+    w.run(w.rescorer.rescore_dirty())
+    first = {m["user_id"]: m for m in w.messages()}
+    assert set(first) == {"a", "b", "c"} and w.dirty.count() == 0
+    assert all(m["version"] == 1 and m["events_applied"] == 1 for m in first.values())
+    assert first["a"]["items"] and first["a"]["model_version"] is None
+    w.event("a", "i9", T0 + 10)
+    w.run(w.rescorer.rescore_dirty())
+    assert w.messages()[-1]["user_id"] == "a" and w.messages()[-1]["version"] == 2
+
+
+def test_a_failing_scorer_keeps_users_dirty_and_backs_off() -> None:
+    w = World(FakeScorer(error="model server down"))
+    w.event("a", "i1", T0)
+    errors = metrics.SCORER_ERRORS._value.get()
+    w.run(w.rescorer.rescore_dirty())
+    assert w.messages() == [] and w.dirty.count() == 1
+    assert metrics.SCORER_ERRORS._value.get() == errors + 1
+    assert w.dirty.failures == 1 and w.dirty.retry_at > 0
+
+
+def test_a_hanging_scorer_times_out_and_is_not_called_again_meanwhile() -> None:
+    release = threading.Event()
+    scorer = FakeScorer(hang=release)
+    w = World(scorer, timeout_s=0.2)
+    w.event("a", "i1", T0)
+
+    async def two_rounds() -> None:
+        await w.rescorer.rescore_dirty()  # times out, the call still holds the thread
+        w.dirty.retry_at = 0.0
+        await w.rescorer.rescore_dirty()  # skipped: never pile calls on a hung scorer
+
+    w.run(two_rounds())
+    assert scorer.calls == 1 and w.dirty.count() == 1 and w.messages() == []
+    release.set()
+    w.executor.shutdown(wait=True)
+
+
+def test_a_rebalance_during_ranking_publishes_nothing() -> None:
+    w = World(FakeScorer())
+    w.event("a", "i1", T0)
+    original = w.rescorer.rank
+
+    def rank_then_rebalance(states: list[Any]) -> Any:
+        w.generation += 1
+        return original(states)
+
+    w.rescorer.rank = rank_then_rebalance
+    w.run(w.rescorer.rescore_dirty())
+    assert w.messages() == []
+
+
+def test_users_of_partitions_no_longer_owned_are_dropped() -> None:
+    w = World(FakeScorer())
+    w.event("a", "i1", T0)
+    w.owned = set()
+    w.run(w.rescorer.rescore_dirty())
+    assert w.dirty.count() == 0 and w.messages() == []
+
+
+@pytest.mark.parametrize("events,published,expect", [(3, 3, False), (4, 3, True)])
+def test_published_log_knows_what_is_unpublished(events: int, published: int, expect: bool) -> None:
+    table = FakeTable()
+    table.data._db_for_partition(0).put(
+        b"a", orjson.dumps({"version": 7, "events_applied": published})
+    )
+    log = PublishedLog(table)
+    state = World(FakeScorer()).states.read_or_new("a", CFG)
+    state.events_applied = events
+    assert log.last("a") == (7, published) and log.unpublished(state) is expect

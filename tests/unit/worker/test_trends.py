@@ -1,0 +1,110 @@
+"""The trending aggregation's worker side: folds per category batch, deduplicated by source
+position, snapshots published for changed categories only, and the follower's view."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from stream.core.codec import decode_trend
+from stream.core.trending import TrendConfig
+from stream.worker.state_store import PartitionContexts
+from stream.worker.table_writer import TableWriter
+from stream.worker.trends import TrendAggregator, TrendingFollower
+from tests.support.fakes import FakeProducer, FakeRecord, FakeTable
+
+T0 = 1_700_000_000_000
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.snapshots: list[tuple[bytes, dict[str, Any]]] = []
+
+    async def send(self, *, key: bytes, value: bytes) -> None:
+        self.snapshots.append((key, orjson.loads(value)))
+
+
+def aggregator() -> tuple[TrendAggregator, FakeTable, Sent, list[Any]]:
+    acked: list[Any] = []
+    table, sent = FakeTable(), Sent()
+    writer = TableWriter(FakeProducer(), ack=acked.append)
+    agg = TrendAggregator(
+        table, "trends-changelog", writer, PartitionContexts("e"), sent, TrendConfig()
+    )
+    return agg, table, sent, acked
+
+
+def rows(*items: tuple[str, int]) -> bytes:
+    """Forwarded entries: user, item, type, ts, weight, source partition, source offset."""
+    return orjson.dumps([["u", item, "click", T0, 2.0, 0, offset] for item, offset in items])
+
+
+def test_a_batch_folds_each_category_once_and_replays_are_skipped() -> None:
+    agg, table, _, acked = aggregator()
+    batch = [
+        FakeRecord("by-cat", 1, 0, b"c1", rows(("i1", 10), ("i2", 11))),
+        FakeRecord("by-cat", 1, 1, b"c1", rows(("i1", 12))),
+    ]
+    asyncio.run(agg.fold(batch))
+    trend = decode_trend(table.get(b"c1"))
+    assert trend.items["i1"][1] == 4.0 and trend.items["i2"][1] == 2.0
+    assert acked == batch and agg.changed == {"c1": 1}
+    asyncio.run(agg.fold([FakeRecord("by-cat", 1, 2, b"c1", rows(("i1", 12)))]))  # a replay
+    assert decode_trend(table.get(b"c1")).items["i1"][1] == 4.0
+
+
+def test_changed_categories_are_published_once() -> None:
+    agg, _, sent, _ = aggregator()
+    asyncio.run(agg.fold([FakeRecord("by-cat", 0, 0, b"c1", rows(("i1", 1)))]))
+    asyncio.run(agg.publish())
+    asyncio.run(agg.publish())
+    [(key, snap)] = sent.snapshots
+    assert key == b"c1" and snap["items"]["i1"] == [2.0, 2.0] and snap["published_at"] > 0
+    agg.changed = {"c1": 0, "c2": 3}
+    agg.forget({3})
+    assert agg.changed == {"c1": 0}
+
+
+class _Msg:
+    def __init__(self, key: bytes | None, value: bytes | None) -> None:
+        self._k, self._v = key, value
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def value(self) -> bytes | None:
+        return self._v
+
+
+class _Consumer:
+    def __init__(self, batches: list[list[_Msg]]) -> None:
+        self.batches = batches
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Msg]:
+        return self.batches.pop(0) if self.batches else []
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_follower_keeps_the_newest_snapshot_and_honours_tombstones() -> None:
+    snap = {"category": "c1", "t_ref": T0, "half_lives": [1, 2], "items": {"i1": [1.0, 1.0]}}
+    consumer = _Consumer(
+        [
+            [
+                _Msg(b"c1", orjson.dumps(snap)),
+                _Msg(b"c2", orjson.dumps({**snap, "category": "c2"})),
+            ],
+            [_Msg(b"c2", None)],
+        ]
+    )
+    follower = TrendingFollower(lambda: consumer)
+    follower.poll(consumer)
+    assert set(follower.view) == {"c1", "c2"}
+    follower.poll(consumer)
+    assert set(follower.view) == {"c1"}
