@@ -4,6 +4,10 @@ Run: ``python bench/bench_core.py``.  Events are the 114-user Taobao sample (syn
 users when it is absent), sent as JSON records in batches of one user's events, the way
 the apply agent sees them.  Every figure is measured in this run, so the ratios compare
 like with like on whatever machine runs it.  Writes ``bench/results/core.json``.
+
+The parse section times the record parser alone on 100,000 valid records per kind: the
+0.2.0 parser (orjson plus hand-written checks, kept below as the baseline), today's
+per-record ``parse`` and the typed ``parse_batch`` over fetches of 500 records.
 """
 
 from __future__ import annotations
@@ -16,17 +20,18 @@ import random
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 
 from stream.config import DEFAULT_ALIASES, DEFAULT_WEIGHTS
 from stream.core.codec import decode, encode
-from stream.core.events import EventParser
+from stream.core.events import MAX_ID_CHARS, EventParser, derive_event_id
 from stream.core.interest import InterestConfig, fold, new_state
-from stream.core.types import Event
+from stream.core.types import Event, Rejection
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "taobao_userbehavior_114users" / "UserBehavior.csv"
@@ -34,6 +39,8 @@ OUT = ROOT / "bench" / "results" / "core.json"
 BATCH = 20
 REPEATS = 5
 NOW = 2_000_000_000_000
+PARSE_RECORDS = 100_000
+FETCH = 500  # records per parse_batch call: one Kafka fetch
 
 
 class DictVectors:
@@ -88,6 +95,128 @@ def best_of(fn: Callable[[], None]) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def timings(fn: Callable[[], object]) -> list[float]:
+    """Wall times of REPEATS runs, for a best figure and the spread around it."""
+    times = []
+    for _ in range(REPEATS):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+class OrjsonParser:
+    """The 0.2.0 parser's path for a valid record, kept as the baseline to measure against.
+
+    ``orjson.loads`` then inline ``type(x) is`` checks (its ``_fast``); anything unusual
+    goes to ``EventParser.build``, as it did.  Only the speed is of interest here: the
+    results are checked equal to the current parser's before they are timed.
+    """
+
+    def __init__(
+        self, parser: EventParser, weights: Mapping[str, float], aliases: Mapping[str, str]
+    ) -> None:
+        canon = {k.strip().lower(): float(w) for k, w in weights.items()}
+        self.types = {name: (name, w) for name, w in canon.items()}
+        for alias, target in aliases.items():
+            t = target.strip().lower()
+            self.types[alias.strip().lower()] = (t, canon[t])
+        self.parser = parser
+        self.max_bytes = 65536
+        self.max_future_ms = 86_400_000
+
+    def parse(self, value: bytes, now_ms: int) -> Event | Rejection:
+        if not value or len(value) > self.max_bytes:
+            return Rejection("invalid_json", "baseline: not timed")
+        obj = orjson.loads(value)
+        ts = obj.get("ts")
+        fast = self._fast(obj, ts, now_ms)
+        if fast is not None:
+            return fast
+        fields = ("user_id", "item_id", "type", "event_id", "category", "dwell_ms", "quantity")
+        return self.parser.build(**{k: obj.get(k) for k in fields}, ts=ts, now_ms=now_ms)
+
+    def _fast(self, obj: dict[str, Any], ts: Any, now: int) -> Event | None:
+        user_id = obj.get("user_id")
+        item_id = obj.get("item_id")
+        type_ = obj.get("type")
+        hit = self.types.get(type_) if type(type_) is str else None
+        event_id = obj.get("event_id")
+        category = obj.get("category")
+        if (
+            hit is None
+            or type(user_id) is not str
+            or type(item_id) is not str
+            or type(ts) is not int
+            or not 0 <= ts <= now + self.max_future_ms
+            or not 0 < len(user_id) <= MAX_ID_CHARS
+            or not 0 < len(item_id) <= MAX_ID_CHARS
+            or "dwell_ms" in obj
+            or "quantity" in obj
+        ):
+            return None
+        if event_id is None:
+            event_id = derive_event_id(user_id, item_id, hit[0], ts)
+        elif type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_CHARS:
+            return None
+        if category is not None and (
+            type(category) is not str or not 0 < len(category) <= MAX_ID_CHARS
+        ):
+            return None
+        return Event(user_id, item_id, hit[0], ts, event_id, category, hit[1])
+
+
+def parse_sets(rows: list[tuple[str, str, str, str, int]]) -> dict[str, list[bytes]]:
+    """PARSE_RECORDS valid records of each kind the parser meets."""
+    rnd = random.Random(2)
+    ids = [
+        (f"u{rnd.randrange(10_000)}", f"i{rnd.randrange(100_000)}", f"c{rnd.randrange(300)}")
+        for _ in range(PARSE_RECORDS)
+    ]
+    contract = [
+        {"user_id": u, "item_id": i, "type": "click", "ts": 1_764_320_000_000 + n, "category": c}
+        for n, (u, i, c) in enumerate(ids)
+    ]
+    taobao = [
+        {"user_id": u, "item_id": i, "type": b, "ts": t + n // len(rows), "category": c}
+        for n, (u, i, c, b, t) in enumerate(rows[k % len(rows)] for k in range(PARSE_RECORDS))
+    ]
+    return {
+        "contract": [orjson.dumps(r) for r in contract],
+        "contract_with_event_id": [
+            orjson.dumps({**r, "event_id": f"e{n}"}) for n, r in enumerate(contract)
+        ],
+        "taobao": [orjson.dumps(r) for r in taobao],
+    }
+
+
+def parse_costs(rows: list[tuple[str, str, str, str, int]]) -> dict[str, dict[str, list[float]]]:
+    """Microseconds per valid record of each parser, every repeat (best first)."""
+    parser = EventParser(DEFAULT_WEIGHTS, DEFAULT_ALIASES)
+    baseline = OrjsonParser(parser, DEFAULT_WEIGHTS, DEFAULT_ALIASES)
+    out: dict[str, dict[str, list[float]]] = {}
+    for kind, values in parse_sets(rows).items():
+        fetches = [
+            (values[k : k + FETCH], [-1] * len(values[k : k + FETCH]))
+            for k in range(0, len(values), FETCH)
+        ]
+        sample = values[:2000]
+        batch, rejected = parser.parse_batch(sample, [-1] * len(sample), NOW)
+        singles = [parser.parse(v, now_ms=NOW) for v in sample]
+        assert not rejected and singles == [baseline.parse(v, NOW) for v in sample]
+        assert [batch.event(i) for i in range(len(batch))] == singles
+        runs = {
+            "orjson_parse_0.2.0": lambda vs=values: [baseline.parse(v, NOW) for v in vs],
+            "parse": lambda vs=values: [parser.parse(v, now_ms=NOW) for v in vs],
+            "parse_batch": lambda fs=fetches: [parser.parse_batch(v, t, NOW) for v, t in fs],
+        }
+        out[kind] = {
+            name: sorted(t / len(values) * 1e6 for t in timings(fn)) for name, fn in runs.items()
+        }
+    return out
 
 
 def run_json(batches: list[tuple[str, list[bytes]]]) -> None:
@@ -229,6 +358,19 @@ def main() -> None:
         f"p90 {size['p90']}, max {size['max']} (<= {size['max_categories_held']} categories, "
         f"<= {size['max_items_held']} items)"
     )
+    parse = parse_costs(rows)
+    results["parse_us_per_record"] = {
+        kind: {name: {"best": t[0], "worst": t[-1], "runs": t} for name, t in by.items()}
+        for kind, by in parse.items()
+    }
+    print(f"parse alone, us/record, best (worst) of {REPEATS} over {PARSE_RECORDS} valid records:")
+    for kind, by in parse.items():
+        base = by["orjson_parse_0.2.0"][0]
+        print(
+            f"  {kind:23s} "
+            + ", ".join(f"{name} {t[0]:.2f} ({t[-1]:.2f})" for name, t in by.items())
+            + f"; parse_batch {base / by['parse_batch'][0]:.1f}x faster than 0.2.0"
+        )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")

@@ -6,6 +6,7 @@ modules that need it, so ``interest --help`` and ``interest kafka status`` answe
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -62,6 +63,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def say(text: str) -> None:
+    """One plain line on stdout: no wrapping, no markup (paths may hold brackets)."""
+    out.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def note(text: str) -> None:
+    """One plain line on stderr (progress of a command whose stdout is its result)."""
+    err.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def client_logging() -> None:
+    """Warnings (e.g. librdkafka's, rate-limited) as one stderr line each, for the commands
+    that are Kafka clients but not a worker (which configures its own logging)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
 def settings_from(config: Path | None, **overrides: Any) -> Settings:
     return load_settings(config, overrides)
 
@@ -79,35 +96,89 @@ def kafka_up(
 ) -> None:
     """Start a local Kafka broker in the background and print its bootstrap address."""
 
-    bootstrap = broker.up(port=port, data_dir=data_dir, timeout_s=timeout, log=err.print)
+    bootstrap = broker.up(port=port, data_dir=data_dir, timeout_s=timeout, log=note)
     out.print(bootstrap)
 
 
 @kafka_app.command("down")
 def kafka_down(
     data_dir: Annotated[
-        Path | None, typer.Option(help="Broker data directory given to `up`.")
+        Path | None,
+        typer.Option(help="Broker data directory given to `up`; default: the one running."),
     ] = None,
+    stop_all: Annotated[
+        bool, typer.Option("--all", help="Stop every local broker `up` started.")
+    ] = False,
 ) -> None:
-    """Stop the local Kafka broker cleanly."""
+    """Stop a local Kafka broker cleanly: the one `up` started, whatever its --data-dir.
 
-    stopped = broker.down(data_dir=data_dir)
-    out.print("stopped" if stopped else "not running")
+    With several running, name one with --data-dir or stop them all with --all (without
+    either, none is stopped and they are listed, exit 1).
+    """
+    if stop_all:
+        if data_dir is not None:
+            fail("--all and --data-dir exclude each other", 2)
+        stopped = broker.down_all()
+    else:
+        one = broker.down(data_dir=data_dir)
+        stopped = [one] if one is not None else []
+    for info in stopped:
+        say(f"stopped the broker at {info.bootstrap} (pid {info.pid}, data in {info.data_dir})")
+    if not stopped:
+        where = f" with data in {data_dir.resolve()}" if data_dir is not None else ""
+        say(f"not running: no local broker{where}")
 
 
 @kafka_app.command("status")
 def kafka_status(
     data_dir: Annotated[
-        Path | None, typer.Option(help="Broker data directory given to `up`.")
+        Path | None,
+        typer.Option(help="Broker data directory given to `up`; default: every one running."),
     ] = None,
 ) -> None:
-    """Say whether the local broker runs, and where. Exit 1 when it does not run."""
-
-    info = broker.status(data_dir=data_dir)
-    if info is None:
+    """Say which local brokers run, and where (one line each). Exit 1 when none does."""
+    if data_dir is not None:
+        info = broker.status(data_dir=data_dir.resolve())
+        running = [info] if info is not None else []
+    else:
+        running = broker.running_brokers()
+    if not running:
         out.print("not running")
         raise typer.Exit(1)
-    out.print(info.describe())
+    for info in running:
+        say(info.describe())
+
+
+@kafka_app.command(
+    "tool",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    },
+)
+def kafka_tool(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help=f"The tool: {', '.join(broker.TOOLS)} (as bin/kafka-NAME.sh).",
+            show_default=False,
+        ),
+    ],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The tool's own arguments (its --help lists them).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Run one of Kafka's command-line tools from the broker's jars (no bin/ scripts needed).
+
+    e.g. interest kafka tool topics --bootstrap-server 127.0.0.1:9092 --list
+
+    Exits with the tool's exit code; `interest kafka tool NAME --help` shows the tool's help.
+    """
+    raise typer.Exit(broker.run_tool(name, list(args or ()), log=note))
 
 
 # --------------------------------------------------------------------------- stream
@@ -181,6 +252,7 @@ def produce(
 ) -> None:
     """Replay an event file into the events topic, keyed by user id, with a progress bar."""
     settings = settings_from(config, kafka_bootstrap=bootstrap, topic_events=topic)
+    client_logging()
     report = produce_file(
         settings,
         file,
@@ -221,6 +293,7 @@ def tail(
 ) -> None:
     """Follow the recommendations topic and print each message."""
     settings = settings_from(config, kafka_bootstrap=bootstrap)
+    client_logging()
     tail_recommendations(
         settings,
         from_beginning=from_beginning,
@@ -246,7 +319,7 @@ def inspect(
 ) -> None:
     """Show a user's interest state and last recommendations, from the worker that owns it."""
     settings = settings_from(config)
-    out.print(inspect_user(settings, user_id, base_url=url, vectors=vectors))
+    say(inspect_user(settings, user_id, base_url=url, vectors=vectors))
 
 
 # --------------------------------------------------------------------------- models
@@ -314,6 +387,7 @@ def demo(
 ) -> None:
     """Everything end to end on a generated stream: broker, worker, replay, live recommendations."""
     settings = settings_from(config)
+    client_logging()
     sys.exit(run_demo(settings, users=users, events=events, rate=rate, work_dir=work_dir))
 
 

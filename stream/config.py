@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
+    kafka_connect_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="how long a command waits for a broker to answer"
+    )
 
     # --- topics and group --------------------------------------------------------------
     app_id: str = Field("interest-stream", description="consumer group / Faust app id")

@@ -13,24 +13,18 @@ the same factor, and the *ranking* at any later time is the ranking of the store
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from models.training.embeddings import Interactions
 from stream.core.candidates import recommend_batch
-from stream.core.interest import (
-    LONG,
-    SHORT,
-    InterestConfig,
-    ItemVectors,
-    UserState,
-    fold,
-    new_state,
-)
+from stream.core.decay import LONG, SHORT
+from stream.core.interest import InterestConfig, Sums, UserState, fold, new_state
 from stream.core.trending import (
     GLOBAL_TOP,
     CategoryTrend,
@@ -40,7 +34,9 @@ from stream.core.trending import (
     new_trend,
     top_items,
 )
-from stream.core.types import Event, Scorer
+from stream.core.types import Event, ItemVectors, Scorer
+
+S = TypeVar("S", bound=Sums)
 
 MAX_EXPONENT = 500.0  # re-anchor before 2**exponent gets near float64's range
 
@@ -455,12 +451,16 @@ def keep_horizons(state: UserState, keep: tuple[bool, bool]) -> UserState:
     if all(keep):
         return state
 
-    def mask(values: Mapping[str, list[float]]) -> dict[str, list[float]]:
-        return {key: [v[0] * keep[0], v[1] * keep[1]] for key, v in values.items()}
+    factor = np.array(keep, np.float32)
+
+    def mask(table: S) -> S:
+        masked = copy.copy(table)
+        masked.vals = table.vals * factor
+        return masked
 
     vectors = None
     if state.vectors is not None:
-        vectors = state.vectors * np.array(keep, np.float32)[:, None]
+        vectors = state.vectors * factor[:, None]
     return replace(
         state, categories=mask(state.categories), items=mask(state.items), vectors=vectors
     )

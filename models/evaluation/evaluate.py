@@ -436,8 +436,10 @@ def evaluate_command(
     epochs: int | None = None,
     trials: int = DEFAULT_TRIALS,
     show_progress: bool = True,
+    show_table: bool = True,
 ) -> dict[str, Any]:
-    """Train on the pre-cut events, replay everything, write metrics.json, report.md, plots."""
+    """Train on the pre-cut events, replay everything, write metrics.json, report.md, plots;
+    print the results table (``show_table``) on stdout."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -479,8 +481,38 @@ def evaluate_command(
     metrics["settings"]["seconds"] = round(time.perf_counter() - started, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(out_dir, metrics, result, sample, settings)
+    if show_table:
+        Console().print(results_table(metrics))
     console.print(f"wrote {out_dir}/metrics.json, report.md and plots")
     return metrics
+
+
+def results_table(metrics: dict[str, Any]) -> Any:
+    """The methods' results as a rich Table, best HR@20 first, as in report.md."""
+    from rich.table import Table
+
+    s = metrics["settings"]
+    table = Table(
+        title=f"interest evaluate: {s['users_evaluated']} users, targets after the cut",
+        title_justify="left",
+    )
+    table.add_column("method")
+    for header in ("HR@20", "95% CI", "NDCG@20", "95% CI", "HR@10", "MRR@20", "targets"):
+        table.add_column(header, justify="right")
+    ordered = sorted(metrics["methods"].items(), key=lambda kv: -kv[1]["hr@20"])
+    for name, m in ordered:
+        table.add_row(
+            name,
+            f"{m['hr@20']:.3f}",
+            _fmt_ci(m["hr@20_ci"]),
+            f"{m['ndcg@20']:.3f}",
+            _fmt_ci(m["ndcg@20_ci"]),
+            f"{m['hr@10']:.3f}",
+            f"{m['mrr@20']:.3f}",
+            str(m["targets"]),
+            style="bold" if name == "interest-stream" else None,
+        )
+    return table
 
 
 def tuning_summary(
@@ -706,7 +738,9 @@ def plot_sample_user(path: Path, sample: SampleUser, settings: Settings) -> None
 
 
 def time_buckets(times: np.ndarray, cut_ts: int) -> tuple[np.ndarray, str, float]:
-    """Bucket index per target: days after the cut when the window spans >= 3 days, else hours."""
+    """Bucket index per target: days after the cut when the window spans >= 3 days, else hours.
+
+    Returns (bucket per target, unit, bucket width in hours)."""
     span_h = float(times.max() - cut_ts) / 3_600_000 if len(times) else 0.0
     width_h, unit = (24.0, "day") if span_h >= 72 else (max(1.0, math.ceil(span_h / 12)), "hour")
     return ((times - cut_ts) // int(width_h * 3_600_000)).astype(np.int64), unit, width_h
@@ -719,14 +753,27 @@ def plot_by_time(path: Path, result: Replay, cut_ts: int) -> None:
     fig, ax = plt.subplots(figsize=(9, 5))
     if len(times):
         bucket, unit, width = time_buckets(times, cut_ts)
-        xs = np.unique(bucket)
+        xs, counts = np.unique(bucket, return_counts=True)
+        # x: the middle of each bucket, in the bucket's unit (days, or hours)
+        step = width / 24 if unit == "day" else width
+        mids = (xs + 0.5) * step
+        counts_ax = ax.twinx()  # drawn first, under the lines
+        counts_ax.bar(mids, counts, width=step * 0.8, color="grey", alpha=0.18)
+        counts_ax.set_ylabel("targets in the bucket (grey bars)")
+        for x, n in zip(mids, counts, strict=True):
+            counts_ax.annotate(
+                str(n), (x, n), ha="center", va="bottom", fontsize=7, color="dimgrey"
+            )
+        ax.set_zorder(counts_ax.get_zorder() + 1)
+        ax.patch.set_visible(False)
         for name in result.names:
             hits = per_target(result.rank_array(name), "hr", 20)
             ys = [hits[bucket == b].mean() for b in xs]
             style = "-o" if name.startswith("interest-stream") else "--."
-            ax.plot(xs * width, ys, style, label=name, ms=4)
-        ax.set_xlabel(f"hours after the cut (one point per {width:g} h {unit} bucket)")
-    ax.set_ylabel("HR@20")
+            ax.plot(mids, ys, style, label=name, ms=4)
+        size = "1 day" if unit == "day" else f"{width:g} h"
+        ax.set_xlabel(f"{unit}s after the cut (points at the middle of {size} buckets)")
+    ax.set_ylabel("HR@20 of the bucket's targets")
     ax.set_title("HR@20 over time after the cut")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,15 +1,25 @@
 """The in-process scorer: the newest SavedModel version, hot-swapped without stopping.
 
-TensorFlow is imported only when a version is loaded (or the device is picked), so a
-worker without a model never imports it. A call takes one reference to the loaded version
-at its start and finishes on it, so a swap never mixes two versions in one batch.
+TensorFlow is imported only when a version is loaded (or the device is asked for), so a
+worker without a model never imports it. On a machine without a GPU, TensorFlow's start-up
+lines about CUDA (``failed call to cuInit``, ``Could not find cuda drivers``) and its other
+informational start-up lines are kept out of the log; with a GPU configured, or with the
+``interest.scorer`` logger at DEBUG, they all show (see :func:`import_tensorflow`).
+
+A call takes one reference to the loaded version at its start and finishes on it, so a swap
+never mixes two versions in one batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import sys
+import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +68,7 @@ class LocalScorer:
         self._failed: set[int] = set()
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
-        self._device = _pick_device()
+        self._device: str | None = None  # picked when first needed: that imports TensorFlow
         self.reload()
         self._thread: threading.Thread | None = None
         if watch and self._dir is not None:
@@ -89,6 +99,9 @@ class LocalScorer:
 
     @property
     def device(self) -> str:
+        """``/GPU:0`` or ``/CPU:0``; asking imports TensorFlow (once)."""
+        if self._device is None:
+            self._device = _pick_device()
         return self._device
 
     def refresh(self) -> None:
@@ -151,23 +164,23 @@ class LocalScorer:
             log.info(
                 "model version %s loaded on %s (was %s)",
                 newest,
-                self._device,
+                self.device,
                 cur.view.version if cur else None,
             )
             return True
 
     def _load(self, path: Path) -> _Loaded:
-        import tensorflow as tf
-
+        tf = import_tensorflow()
+        device = self.device
         view = ModelView.load(path)
-        with tf.device(self._device):
+        with tf.device(device):
             module = tf.saved_model.load(str(path))
 
         def runner(name: str) -> Callable[..., dict[str, np.ndarray]]:
             fn = module.signatures[name]
 
             def run(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-                with tf.device(self._device):
+                with tf.device(device):
                     res = fn(**{k: tf.constant(v) for k, v in inputs.items()})
                 return {k: v.numpy() for k, v in res.items()}
 
@@ -186,12 +199,91 @@ class LocalScorer:
 
 
 def _pick_device() -> str:
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     device = "/GPU:0" if gpus else "/CPU:0"
     log.info("local scorer runs on %s (%d GPU(s) visible)", device, len(gpus))
     return device
+
+
+#: What TensorFlow writes to stderr while it starts on a machine without a GPU: informational
+#: lines (glog ``I...``) that TF_CPP_MIN_LOG_LEVEL cannot hide because they come before its
+#: logging is initialised, absl's notice about that, and the CUDA probe's failures.
+_STARTUP_NOISE = re.compile(
+    rb"^I\d{4} |All log messages before absl::InitializeLog\(\) is called"
+    rb"|failed call to cuInit|Could not find cuda drivers|Unable to register cu\w+ factory"
+    rb"|TF-TRT Warning: Could not find TensorRT|computation placer already registered"
+    rb"|^To enable the following instructions: .* rebuild TensorFlow"
+)
+
+
+def gpu_configured() -> bool:
+    """True when this machine may have a GPU for TensorFlow: an NVIDIA (or WSL) device node,
+    the NVIDIA driver, or CUDA_VISIBLE_DEVICES naming devices."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() not in ("", "-1"):
+        return True
+    if Path("/proc/driver/nvidia").exists() or Path("/dev/dxg").exists():
+        return True
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def import_tensorflow() -> Any:
+    """``import tensorflow`` and its GPU probe, quietly on a machine without a GPU.
+
+    Quiet means: TF_CPP_MIN_LOG_LEVEL=1 (INFO lines hidden, warnings and errors kept) unless
+    already set, and the start-up lines above filtered out of stderr while TensorFlow loads
+    and probes for devices; every other line written meanwhile is written after. Nothing is
+    changed with a GPU configured, at DEBUG, or when TF_CPP_MIN_LOG_LEVEL is set to 0; the
+    devices TensorFlow sees are never changed.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    quiet = (
+        not gpu_configured()
+        and not log.isEnabledFor(logging.DEBUG)
+        and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"
+    )
+    if not quiet:
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with _stderr_without(_STARTUP_NOISE):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe runs here, once
+    return tf
+
+
+@contextlib.contextmanager
+def _stderr_without(noise: re.Pattern[bytes]) -> Iterator[None]:
+    """Capture file descriptor 2 (C++ writes there directly) and write back what is not noise."""
+    with tempfile.TemporaryFile() as capture:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr: nothing to filter
+            yield
+            return
+        try:
+            os.dup2(capture.fileno(), 2)
+        except OSError:
+            os.close(saved)
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().splitlines(keepends=True)
+            kept = [line for line in lines if not noise.search(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _warm_up(loaded: _Loaded) -> None:

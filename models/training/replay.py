@@ -316,7 +316,7 @@ class Rows:
         for n, item in enumerate(items):
             c["short"].append(s)
             c["long"].append(lv)
-            c["cat"].append((*parts.cat[n], *parts.cat_total))
+            c["cat"].append((*parts.cat[n], *parts.cat_total[n]))
             c["item"].append(self.index.get(item, -1))
             c["label"].append(1.0 if n == 0 else 0.0)
             c["user"].append(uid)

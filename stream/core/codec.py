@@ -16,10 +16,10 @@ from itertools import accumulate
 import numpy as np
 
 from stream.core.errors import InterestStreamError, StateFormatError, TrendFormatError
-from stream.core.interest import DIGEST_BYTES, UserState
+from stream.core.interest import DIGEST_BYTES, ItemSums, Sums, UserState
 from stream.core.trending import CategoryTrend
 
-FORMAT_VERSION = 1  # user states
+FORMAT_VERSION = 2  # user states (format 1 is still read)
 TREND_FORMAT = 1  # category trends
 
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -64,29 +64,24 @@ class Reader:
             raise self.fail(f"bad integer width {code!r}")
         return self.arr(code, n)
 
-    def strs(self, n: int) -> list[str]:
-        """``n`` UTF-8 strings: their byte lengths (see :meth:`uints`), then the bytes."""
+    def strs_raw(self, n: int) -> tuple[list[int], bytes]:
+        """The byte lengths and the bytes of ``n`` strings (see :meth:`strs`)."""
         lens = self.uints(n)
-        blob = self.take(sum(lens))
-        ends = list(accumulate(lens))
-        if blob.isascii():  # byte offsets are character offsets: slice one decoded str
-            text = blob.decode()
-            return [text[a:b] for a, b in zip([0, *ends], ends, strict=False)]
-        return [blob[a:b].decode() for a, b in zip([0, *ends], ends, strict=False)]
+        return lens, self.take(sum(lens))
+
+    def float_array(self, n: int) -> np.ndarray:
+        """``n`` float32 values behind a bitmap of the non-zero ones."""
+        nz = np.unpackbits(
+            np.frombuffer(self.take((n + 7) // 8), dtype=np.uint8), count=n, bitorder="little"
+        ).astype(bool)
+        flat = np.zeros(n, dtype=np.float32)
+        flat[nz] = np.frombuffer(self.take(4 * int(nz.sum())), dtype="<f4")
+        return flat
 
     def string(self) -> str:
         """One string behind a uint16 byte length."""
         (n,) = struct.unpack("<H", self.take(2))
         return self.take(n).decode()
-
-    def floats(self, n: int) -> list[list[float]]:
-        """``n`` float32 values behind a bitmap of the non-zero ones, as [short, long] pairs."""
-        nz = np.unpackbits(
-            np.frombuffer(self.take((n + 7) // 8), dtype=np.uint8), count=n, bitorder="little"
-        ).astype(bool)
-        flat = np.zeros(n, dtype="<f4")
-        flat[nz] = np.frombuffer(self.take(4 * int(nz.sum())), dtype="<f4")
-        return flat.astype(np.float32).reshape(-1, 2).tolist()
 
     def digests(self, n: int) -> list[int]:
         buf = np.zeros((n, 8), dtype=np.uint8)
@@ -137,13 +132,13 @@ def _put_uints(out: list[bytes], values: list[int]) -> None:
     out.append(_arr(code, values))
 
 
-def _put_floats(out: list[bytes], flat: list[float]) -> None:
+def _put_floats(out: list[bytes], flat: np.ndarray) -> None:
     """float32 values behind a bitmap of the non-zero ones.
 
     Short-horizon sums of anything older than a few days are exactly zero; eliding them
     saves ~100 bytes for a typical user.  The test is on the bit pattern, so -0.0 survives.
     """
-    a = np.array(flat, dtype="<f4")
+    a = np.ascontiguousarray(flat, dtype="<f4")
     nz = a.view("<u4") != 0
     out.append(np.packbits(nz, bitorder="little").tobytes())
     out.append(a[nz].tobytes())
@@ -163,7 +158,8 @@ def _put_str(out: list[bytes], s: str) -> None:
 # --------------------------------------------------------------------------- user state
 
 # format, flags, t_ref, half-lives, kafka ts, events applied; then the counts of types,
-# partitions, digests, category names, categories, items, and the vector dim
+# partitions, digests, category names (v1: categories and item categories; v2: item
+# categories only), categories, items, and the vector dim
 _HEADER = struct.Struct("<BBqqqqqHHIIIIH")
 _F_TREF, _F_KTS, _F_VEC, _F_MODEL = 1, 2, 4, 8
 
@@ -171,21 +167,21 @@ _F_TREF, _F_KTS, _F_VEC, _F_MODEL = 1, 2, 4, 8
 def encode(state: UserState) -> bytes:
     """Compact binary state: format byte first, then a fixed header and packed sections.
 
-    Layout (little-endian), format 1: header (scalars and section counts); one string
-    table (user_id, model_version, type names, category names, item ids: a width byte,
-    the byte lengths, the UTF-8 bytes); type counts; partition offsets (int64 pairs);
-    recent id digests (6 bytes each); category then item [short, long] float32 pairs
-    (non-zero bitmap + values); item category index (0 = none); purchased bitset;
-    vectors (2 x dim float32).
+    Layout (little-endian), format 2: header (scalars and section counts); one string
+    table (user_id, model_version, type names, category keys, item keys, the items'
+    category names: a width byte, the byte lengths, the UTF-8 bytes); type counts;
+    partition offsets (int64 pairs); recent id digests (6 bytes each); category then item
+    [short, long] float32 pairs (non-zero bitmap + values); each item's category code
+    (0 = none, else 1-based into the items' category names); purchased bitset; vectors
+    (2 x dim float32). Every section is written from the state's columns as they are.
     """
+    cats, items = state.categories, state.items
     flags = (
         (_F_TREF if state.t_ref is not None else 0)
         | (_F_KTS if state.last_event_kafka_ts is not None else 0)
         | (_F_VEC if state.vectors is not None else 0)
         | (_F_MODEL if state.model_version is not None else 0)
     )
-    names = dict.fromkeys(state.categories)
-    names.update(dict.fromkeys(state.item_categories.values()))
     dim = state.vectors.shape[1] if state.vectors is not None else 0
     out = [
         _HEADER.pack(
@@ -199,77 +195,86 @@ def encode(state: UserState) -> bytes:
             len(state.type_counts),
             len(state.offsets),
             len(state.recent_ids),
-            len(names),
-            len(state.categories),
-            len(state.items),
+            len(items.cat_names),
+            len(cats),
+            len(items),
             dim,
         )
     ]
     raw = [
-        s.encode()
-        for s in (
-            state.user_id,
-            state.model_version or "",
-            *state.type_counts,
-            *names,
-            *state.items,
-        )
+        state.user_id.encode(),
+        (state.model_version or "").encode(),
+        *(t.encode() for t in state.type_counts),
+        *cats.raw,
+        *items.raw,
+        *(c.encode() for c in items.cat_names),
     ]
     _put_uints(out, [len(b) for b in raw])
     out.append(b"".join(raw))
     _put_uints(out, list(state.type_counts.values()))
     out.append(_arr("q", [*state.offsets, *state.offsets.values()]))
     _put_digests(out, list(state.recent_ids))
-    flat = [x for v in state.categories.values() for x in v]
-    flat.extend(x for v in state.items.values() for x in v)
-    _put_floats(out, flat)
-    index = {n: i for i, n in enumerate(names, 1)}
-    cats = state.item_categories
-    _put_uints(out, [index[cats[i]] if i in cats else 0 for i in state.items])
-    bits = sum(1 << n for n, i in enumerate(state.items) if i in state.purchased)
-    out.append(bits.to_bytes((len(state.items) + 7) // 8, "little"))
+    _put_floats(out, np.concatenate([cats.vals, items.vals]).ravel())
+    _put_uints(out, items.cat)
+    out.append(np.packbits(np.asarray(items.bought, bool), bitorder="little").tobytes())
     if state.vectors is not None:
         out.append(np.ascontiguousarray(state.vectors, dtype="<f4").tobytes())
     return b"".join(out)
 
 
 def decode(data: bytes) -> UserState:
-    """Inverse of :func:`encode`; a newer or unknown format raises StateFormatError."""
+    """Inverse of :func:`encode`; reads format 1 too; a newer or unknown format raises
+    StateFormatError."""
     r = _checked(data, StateFormatError, "state", FORMAT_VERSION)
     try:
-        return _decode_state_v1(r)
+        return _decode_state(r, data[0])
     except StateFormatError:
         raise
-    except (ValueError, UnicodeDecodeError, struct.error) as exc:
+    except (ValueError, UnicodeDecodeError, struct.error, IndexError) as exc:
         raise r.fail(str(exc)) from exc
 
 
-def _decode_state_v1(r: Reader) -> UserState:
+def _decode_state(r: Reader, fmt: int) -> UserState:
     head = r.unpack(_HEADER)
     _, flags, t_ref, hs, hl, kts, applied = head[:7]
     n_types, n_parts, n_digests, n_names, n_cat, n_items, dim = head[7:]
-    strs = r.strs(2 + n_types + n_names + n_items)
-    user_id, model = strs[0], strs[1]
-    type_names = strs[2 : 2 + n_types]
-    names = strs[2 + n_types : 2 + n_types + n_names]
-    item_ids = strs[2 + n_types + n_names :]
+    if fmt == 1:  # one name table for categories and item categories, categories first
+        lens, blob = r.strs_raw(2 + n_types + n_names + n_items)
+        cat_at, item_at, names_at = 2 + n_types, 2 + n_types + n_names, 2 + n_types
+    else:
+        lens, blob = r.strs_raw(2 + n_types + n_cat + n_items + n_names)
+        cat_at, item_at = 2 + n_types, 2 + n_types + n_cat
+        names_at = item_at + n_items
+    raw = _split(blob, lens)
+    strs = [b.decode() for b in raw[: 2 + n_types]]
+    user_id, model, type_names = strs[0], strs[1], strs[2:]
+    cat_raw = raw[cat_at : cat_at + n_cat]
+    item_raw = raw[item_at : item_at + n_items]
+    names = [b.decode() for b in raw[names_at : names_at + n_names]]
     type_counts = dict(zip(type_names, r.uints(n_types), strict=True))
     parts = r.arr("q", 2 * n_parts)
     offsets = dict(zip(parts[:n_parts], parts[n_parts:], strict=True))
     recent = dict.fromkeys(r.digests(n_digests))
-    values = r.floats(2 * (n_cat + n_items))
-    categories = dict(zip(names[:n_cat], values[:n_cat], strict=True))
-    items = dict(zip(item_ids, values[n_cat:], strict=True))
-    cat_index = r.uints(n_items)
-    bits = int.from_bytes(r.take((n_items + 7) // 8), "little")
+    values = r.float_array(2 * (n_cat + n_items)).reshape(-1, 2)
+    codes = r.uints(n_items)
+    bought = np.unpackbits(
+        np.frombuffer(r.take((n_items + 7) // 8), np.uint8), count=n_items, bitorder="little"
+    )
     vectors = None
     if flags & _F_VEC:
         vectors = np.frombuffer(r.take(8 * dim), dtype="<f4").astype(np.float32).reshape(2, dim)
     r.done()
+    items = ItemSums(
+        _texts(item_raw), values[n_cat:].copy(), item_raw, bought=bought.astype(bool).tolist()
+    )
+    if fmt == 1:  # codes index the shared table: keep only the names the items use
+        items.cat = [items.category_code(names[c - 1]) if c else 0 for c in codes]
+    else:
+        items.cat, items.cat_names = codes, names
     return UserState(
         user_id=user_id,
         t_ref=t_ref if flags & _F_TREF else None,
-        categories=categories,
+        categories=Sums(_texts(cat_raw), values[:n_cat].copy(), cat_raw),
         items=items,
         vectors=vectors,
         model_version=model if flags & _F_MODEL else None,
@@ -278,10 +283,17 @@ def _decode_state_v1(r: Reader) -> UserState:
         offsets=offsets,
         recent_ids=recent,
         last_event_kafka_ts=kts if flags & _F_KTS else None,
-        item_categories={i: names[c - 1] for i, c in zip(item_ids, cat_index, strict=True) if c},
-        purchased={i for n, i in enumerate(item_ids) if bits >> n & 1},
         half_lives=(hs, hl),
     )
+
+
+def _split(blob: bytes, lens: list[int]) -> list[bytes]:
+    ends = list(accumulate(lens))
+    return [blob[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+
+
+def _texts(raw: list[bytes]) -> list[str]:
+    return [b.decode() for b in raw]
 
 
 # --------------------------------------------------------------------------- trends

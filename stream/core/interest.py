@@ -1,4 +1,4 @@
-"""Per-user interest state, its exact incremental update, and its binary serialisation.
+"""Per-user interest state and its exact incremental update, folded a whole fetch at a time.
 
 The arithmetic (CONTRACT section 2): for a horizon with half-life ``H`` the strength of a
 category ``c`` at time ``t`` is ``S_c(t) = sum_e w_e * 2**(-(t - ts_e)/H)`` over the
@@ -11,42 +11,46 @@ same numbers:
 * every event of the batch then adds ``w * 2**(-(t_ref - ts)/H)`` (a late event simply
   adds its already-decayed weight; nothing is dropped).
 
-The cost is O(d) per event for the vector plus one pass over the kept maps per *batch*
-(the rescale), which the batch amortises.
+The state is columnar: category and item sums are ``(n, 2)`` float32 arrays next to their
+keys (:class:`Sums`), so one fetch of events for many users is folded with a handful of
+numpy calls (:func:`fold_batch`: one decay call per horizon for all events, one rescale
+and one grouped sum for all the users' rows). What stays per event in Python is finding
+its row (a dict lookup) and its dedup check.
 
-Floats are float32 everywhere the state is at rest: sums are computed in float64 inside
-a fold and rounded to float32 once at its end, so ``decode(encode(s))`` is bit-for-bit
-equal to ``s`` and a state costs half the bytes of float64.  The rounding adds at most
-~6e-8 relative error per fold, far inside the contract's 1e-4.
+Floats are float32 at rest: sums are computed in float64 inside a fold and rounded to
+float32 once at its end, so ``decode(encode(s))`` is bit-for-bit equal to ``s`` and a state
+costs half the bytes of float64.  The rounding adds at most ~6e-8 relative error per fold,
+far inside the contract's 1e-4.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
 import numpy as np
 
-from stream.core.decay import (
-    DEFAULT_HALF_LIVES,
-    LONG,
-    SHORT,
-    Pair,
-    add_pair,
-    decayed,
-    merge,
-    newest,
-    read_factor,
-    rescale_factors,
-    strongest,
-)
-from stream.core.types import Event, ItemVectors
+from stream.core.decay import DEFAULT_HALF_LIVES, LONG, SHORT, read_factor
+from stream.core.types import Event, EventBatch, ItemVectors
 
-__all__ = ["LONG", "SHORT", "FoldResult", "InterestConfig", "UserState", "fold", "new_state"]
+__all__ = [
+    "LONG",
+    "SHORT",
+    "FoldResult",
+    "InterestConfig",
+    "ItemSums",
+    "Sums",
+    "UserState",
+    "fold",
+    "fold_batch",
+    "new_state",
+]
 
 PURCHASE_TYPE = "purchase"
+DIGEST_BYTES = 6  # per remembered event id; see the README for the collision arithmetic
+_EMPTY = np.zeros((0, 2), np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +64,145 @@ class InterestConfig:
     dedup_window: int = 64
 
 
-@dataclass(slots=True)
+class Sums(Mapping[str, list[float]]):
+    """Keys -> [short, long] sums scaled to t_ref: a key column and a (n, 2) float32 array.
+
+    The arrays are what the fold and the ranking use; the Mapping view (values as lists of
+    Python floats) serves readers that want one key at a time. ``raw`` keeps each key's
+    UTF-8 bytes so that encoding a state is a join, not an encode per key.
+    """
+
+    __slots__ = ("_index", "ids", "ids_gen", "keys_", "raw", "vals")
+
+    def __init__(
+        self,
+        keys: list[str] | None = None,
+        vals: np.ndarray | None = None,
+        raw: list[bytes] | None = None,
+    ) -> None:
+        self.keys_: list[str] = keys if keys is not None else []
+        self.vals: np.ndarray = vals if vals is not None else _EMPTY
+        self.raw: list[bytes] = raw if raw is not None else [k.encode() for k in self.keys_]
+        self._index: dict[str, int] | None = None
+        # interned ids of the keys (stream.core.vocab), filled and checked by the ranking
+        self.ids: list[int] | None = None
+        self.ids_gen: tuple[int, int] | None = None
+
+    # -- the Mapping view
+    def __getitem__(self, key: str) -> list[float]:
+        return self.vals[self.index[key]].tolist()
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.index
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
+
+    @property
+    def index(self) -> dict[str, int]:
+        """key -> row, built on first use and kept up to date by the fold."""
+        if self._index is None:
+            self._index = {k: n for n, k in enumerate(self.keys_)}
+        return self._index
+
+    def add_key(self, key: str) -> int:
+        """Append a key (its values are added by the caller); returns its row."""
+        row = len(self.keys_)
+        self.index[key] = row
+        self.keys_.append(key)
+        self.raw.append(key.encode())
+        return row
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only these rows (ascending), in their order."""
+        sel = rows.tolist()
+        ids = self.ids
+        if ids is not None:  # ids may lag behind the keys (filled lazily): then start over
+            self.ids = [ids[n] for n in sel] if len(ids) == len(self.keys_) else None
+        self.keys_ = [self.keys_[n] for n in sel]
+        self.raw = [self.raw[n] for n in sel]
+        self.vals = self.vals[rows]
+        self._index = None
+
+
+class ItemSums(Sums):
+    """Item sums plus, per kept item, its category and whether the user bought it.
+
+    Categories are codes into ``cat_names`` (1-based; 0 = no category), so a state names
+    each category once however many of its items it keeps."""
+
+    __slots__ = ("_cat_index", "bought", "cat", "cat_names")
+
+    def __init__(
+        self,
+        keys: list[str] | None = None,
+        vals: np.ndarray | None = None,
+        raw: list[bytes] | None = None,
+        *,
+        cat: list[int] | None = None,
+        cat_names: list[str] | None = None,
+        bought: list[bool] | None = None,
+    ) -> None:
+        super().__init__(keys, vals, raw)
+        n = len(self.keys_)
+        self.cat: list[int] = cat if cat is not None else [0] * n
+        self.cat_names: list[str] = cat_names if cat_names is not None else []
+        self.bought: list[bool] = bought if bought is not None else [False] * n
+        self._cat_index: dict[str, int] | None = None
+
+    def add_key(self, key: str) -> int:
+        self.cat.append(0)
+        self.bought.append(False)
+        return super().add_key(key)
+
+    def category_code(self, name: str) -> int:
+        """The code of a category name, added to ``cat_names`` if new."""
+        if self._cat_index is None:
+            self._cat_index = {c: n for n, c in enumerate(self.cat_names, 1)}
+        code = self._cat_index.get(name)
+        if code is None:
+            self.cat_names.append(name)
+            code = self._cat_index[name] = len(self.cat_names)
+        return code
+
+    def category_of(self, row: int) -> str | None:
+        code = self.cat[row]
+        return self.cat_names[code - 1] if code else None
+
+    def keep(self, rows: np.ndarray) -> None:
+        sel = rows.tolist()
+        self.cat = [self.cat[n] for n in sel]
+        self.bought = [self.bought[n] for n in sel]
+        super().keep(rows)
+        used = set(self.cat)
+        if len(self.cat_names) > len(used) + 16:  # forget names no kept item uses
+            names = {c: self.cat_names[c - 1] for c in sorted(used) if c}
+            self.cat_names = list(names.values())
+            recode = {c: n for n, c in enumerate(names, 1)}
+            self.cat = [recode.get(c, 0) for c in self.cat]
+            self._cat_index = None
+
+
+@dataclass(slots=True, eq=False)
 class UserState:
     """Everything the worker keeps about one user; one table value, one changelog record.
 
-    ``categories`` and ``items`` map to ``[short, long]`` sums scaled to ``t_ref``
-    (float32-representable Python floats).  ``vectors`` is ``(2, dim)`` float32, also
-    scaled to ``t_ref``, or None while no model is loaded.  Dedup information
-    (``offsets``, ``recent_ids``) lives here, in the same value as what it protects,
-    so a state and its dedup record can never be written apart.
+    ``categories`` and ``items`` hold ``[short, long]`` sums scaled to ``t_ref`` (float32).
+    ``vectors`` is ``(2, dim)`` float32, also scaled to ``t_ref``, or None while no model is
+    loaded.  Dedup information (``offsets``, ``recent_ids``) lives here, in the same value
+    as what it protects, so a state and its dedup record can never be written apart.
     """
 
     user_id: str
     t_ref: int | None = None
-    categories: dict[str, list[float]] = field(default_factory=dict)
-    items: dict[str, list[float]] = field(default_factory=dict)
+    categories: Sums = field(default_factory=Sums)
+    items: ItemSums = field(default_factory=ItemSums)
     vectors: np.ndarray | None = None
     model_version: str | None = None
     type_counts: dict[str, int] = field(default_factory=dict)
@@ -82,36 +210,55 @@ class UserState:
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest applied offset
     recent_ids: dict[int, None] = field(default_factory=dict)  # 48-bit id digests, oldest first
     last_event_kafka_ts: int | None = None
-    item_categories: dict[str, str] = field(default_factory=dict)  # kept item -> its category
-    purchased: set[str] = field(default_factory=set)  # kept items the user bought
     half_lives: tuple[int, int] = DEFAULT_HALF_LIVES  # (short, long) the sums were built with
 
+    @property
+    def item_categories(self) -> dict[str, str]:
+        """Kept item -> its category (items without one left out)."""
+        items = self.items
+        return {k: items.cat_names[c - 1] for k, c in zip(items.keys_, items.cat, strict=True) if c}
+
+    @property
+    def purchased(self) -> set[str]:
+        """Kept items the user bought."""
+        return {k for k, b in zip(self.items.keys_, self.items.bought, strict=True) if b}
+
     def __eq__(self, other: object) -> bool:
-        """Field-wise equality, vectors compared bit-for-bit (for round-trip tests)."""
+        """Field-wise equality, sums and vectors compared bit-for-bit (round-trip tests)."""
         if not isinstance(other, UserState):
             return NotImplemented
-        for name in self.__slots__:
-            a, b = getattr(self, name), getattr(other, name)
-            if name == "vectors":
-                if (a is None) != (b is None):
-                    return False
-                if a is not None and (a.shape != b.shape or a.tobytes() != b.tobytes()):
-                    return False
-            elif name == "recent_ids":
-                if list(a) != list(b):
-                    return False
-            elif a != b:
+        for name in ("user_id", "t_ref", "model_version", "type_counts", "events_applied"):
+            if getattr(self, name) != getattr(other, name):
                 return False
-        return True
+        if (self.offsets, self.last_event_kafka_ts, self.half_lives) != (
+            other.offsets,
+            other.last_event_kafka_ts,
+            other.half_lives,
+        ):
+            return False
+        if list(self.recent_ids) != list(other.recent_ids):
+            return False
+        if not _same_array(self.vectors, other.vectors):
+            return False
+        for a, b in ((self.categories, other.categories), (self.items, other.items)):
+            if a.keys_ != b.keys_ or not _same_array(a.vals, b.vals):
+                return False
+        return (self.item_categories, self.purchased) == (other.item_categories, other.purchased)
 
     __hash__ = None  # type: ignore[assignment]
 
 
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 @dataclass(frozen=True, slots=True)
 class FoldResult:
-    """What one fold did, for the metrics."""
+    """What one fold did, for the metrics: applied events per user, duplicates, types."""
 
-    applied: int
+    applied: np.ndarray  # (users,) int64: events applied to each state
     duplicates: int
     applied_by_type: dict[str, int]
 
@@ -122,9 +269,6 @@ def new_state(user_id: str, config: InterestConfig | None = None) -> UserState:
     if config is not None:
         state.half_lives = (config.half_life_short_ms, config.half_life_long_ms)
     return state
-
-
-DIGEST_BYTES = 6  # per remembered event id; see CORE.md for the collision arithmetic
 
 
 def id_digest(event_id: str) -> int:
@@ -148,32 +292,59 @@ def fold(
     positions: Sequence[tuple[int, int]] | None = None,
     kafka_ts: Sequence[int] | None = None,
 ) -> FoldResult:
-    """Apply one user's batch of events to ``state`` in place, skipping duplicates.
+    """Apply one user's events to ``state`` in place (:func:`fold_batch` for one user)."""
+    n = len(events)
+    sources = offsets = None
+    if positions is not None:
+        sources = [p for p, _ in positions]
+        offsets = [o for _, o in positions]
+    return fold_batch(
+        [state],
+        EventBatch.of(list(events)),
+        np.zeros(n, np.int64),
+        config,
+        vectors=vectors,
+        sources=sources,
+        offsets=offsets,
+        kafka_ts=kafka_ts,
+    )
 
-    ``positions[i]`` is the (partition, offset) event ``i`` was read from: an offset at
-    or below the highest already applied for that partition is a replay and is skipped.
-    ``kafka_ts[i]`` is its record timestamp (kept for the end-to-end latency metric).
-    When ``vectors`` is a different model than the state's vectors, the state is first
-    re-based on it; with ``vectors=None`` the state keeps no vector.
+
+def fold_batch(
+    states: Sequence[UserState],
+    batch: EventBatch,
+    users: np.ndarray,
+    config: InterestConfig,
+    *,
+    vectors: ItemVectors | None = None,
+    sources: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+    kafka_ts: Sequence[int] | None = None,
+) -> FoldResult:
+    """Apply a batch of events of many users to their states in place, skipping duplicates.
+
+    ``users[i]`` is the index in ``states`` of event ``i``'s user. Events of one user must
+    come in offset order. ``sources[i]``/``offsets[i]`` say where event ``i`` was read
+    from: an offset at or below the highest already applied for that source is a replay
+    and is skipped. ``kafka_ts[i]`` is its record timestamp (for the latency metric).
+    When ``vectors`` is a different model than a state's vectors, the state is first
+    re-based on it; with ``vectors=None`` states keep no vector.
     """
-    _align_model(state, vectors)
-    _align_half_lives(state, config)
-    fresh = _dedup(state, events, config.dedup_window, positions)
+    for state in states:
+        _align_model(state, vectors)
+        _align_half_lives(state, config)
+    users = np.asarray(users, np.int64)
+    fresh = _dedup(states, batch, users, config.dedup_window, sources, offsets)
+    keep = np.flatnonzero(fresh)
+    applied = np.bincount(users[keep], minlength=len(states))
     by_type: dict[str, int] = {}
-    if fresh:
-        _apply(state, [events[i] for i in fresh], config, vectors)
-        for i in fresh:
-            t = events[i].type
-            by_type[t] = by_type.get(t, 0) + 1
-        for t, n in by_type.items():
-            state.type_counts[t] = state.type_counts.get(t, 0) + n
-        state.events_applied += len(fresh)
-        if kafka_ts is not None:
-            newest = max(kafka_ts[i] for i in fresh)
-            if state.last_event_kafka_ts is None or newest > state.last_event_kafka_ts:
-                state.last_event_kafka_ts = newest
-        _bound(state, config)
-    return FoldResult(len(fresh), len(events) - len(fresh), by_type)
+    if len(keep):
+        touched = np.flatnonzero(applied)
+        _apply(states, batch, users, keep, touched, config, vectors)
+        _count(states, batch, users, keep, by_type, kafka_ts)
+        for u in touched.tolist():
+            _bound(states[u], config)
+    return FoldResult(applied, len(batch) - len(keep), by_type)
 
 
 def _align_model(state: UserState, vectors: ItemVectors | None) -> None:
@@ -191,97 +362,186 @@ def _align_half_lives(state: UserState, config: InterestConfig) -> None:
 
 
 def _dedup(
-    state: UserState,
-    events: Sequence[Event],
+    states: Sequence[UserState],
+    batch: EventBatch,
+    users: np.ndarray,
     window: int,
-    positions: Sequence[tuple[int, int]] | None,
-) -> list[int]:
-    """Indices of the events to apply: not a replayed offset and not a recent event id."""
-    fresh: list[int] = []
-    offsets, recent = state.offsets, state.recent_ids
-    for i, ev in enumerate(events):
-        if positions is not None:
-            p, o = positions[i]
-            done = offsets.get(p)
+    sources: Sequence[int] | None,
+    offsets: Sequence[int] | None,
+) -> np.ndarray:
+    """Which events to apply: not a replayed offset and not a recent event id."""
+    fresh = np.ones(len(batch), bool)
+    event_ids = batch.event_id
+    for i, u in enumerate(users.tolist()):
+        state = states[u]
+        if sources is not None and offsets is not None:
+            p, o = sources[i], offsets[i]
+            done = state.offsets.get(p)
             if done is not None and o <= done:
+                fresh[i] = False
                 continue
-            offsets[p] = o
+            state.offsets[p] = o
         if window > 0:
-            h = id_digest(ev.event_id)
+            recent = state.recent_ids
+            h = id_digest(event_ids[i])
             if h in recent:
+                fresh[i] = False
                 continue
             recent[h] = None
             if len(recent) > window:
                 del recent[next(iter(recent))]
-        fresh.append(i)
-    if window <= 0:
-        recent.clear()
-    else:
-        while len(recent) > window:  # the window setting shrank
+    for state in states:
+        recent = state.recent_ids
+        if window <= 0:
+            recent.clear()
+        while len(recent) > window > 0:  # the window setting shrank
             del recent[next(iter(recent))]
     return fresh
 
 
 def _apply(
-    state: UserState, events: list[Event], config: InterestConfig, vectors: ItemVectors | None
+    states: Sequence[UserState],
+    batch: EventBatch,
+    users: np.ndarray,
+    keep: np.ndarray,
+    touched: np.ndarray,
+    config: InterestConfig,
+    vectors: ItemVectors | None,
 ) -> None:
-    """Add the events' decayed weights to every sum, after one rescale to the new t_ref."""
-    half_lives = state.half_lives
-    t_new = newest(state.t_ref, (ev.ts for ev in events))
-    cat_add: dict[str, Pair] = {}
-    item_add: dict[str, Pair] = {}
-    track_items = config.max_items > 0
-    for ev in events:
-        a, b = decayed(ev.weight, t_new - ev.ts, half_lives)
-        if ev.category is not None:
-            add_pair(cat_add, ev.category, a, b)
-        add_pair(item_add, ev.item_id, a, b)
-        if track_items:
-            if ev.category is not None:
-                state.item_categories[ev.item_id] = ev.category
-            if ev.type == PURCHASE_TYPE:
-                state.purchased.add(ev.item_id)
-    fs, fl = rescale_factors(state.t_ref, t_new, half_lives)
-    merge(state.categories, cat_add, fs, fl)
-    if track_items:
-        merge(state.items, item_add, fs, fl)
+    """One rescale to each user's new t_ref, then every event adds its decayed weight."""
+    u = users[keep]
+    ts = batch.ts[keep]
+    t_old = np.array(
+        [s.t_ref if s.t_ref is not None else np.iinfo(np.int64).min for s in states], np.int64
+    )
+    t_new = t_old.copy()
+    np.maximum.at(t_new, u, ts)
+    half = np.array([s.half_lives for s in states], np.float64)  # (users, 2)
+    age = (t_new[u] - ts).astype(np.float64)
+    w = batch.weight[keep]
+    adds = np.stack([w, w], axis=1)
+    aged = age != 0  # an event at t_new adds its weight as it is (no 2**-0 rounding)
+    adds[aged] *= np.exp2(-age[aged, None] / half[u[aged]])
+    factors = np.ones((len(states), 2), np.float64)
+    moved = t_old != np.iinfo(np.int64).min
+    moved &= t_new != t_old
+    factors[moved] = np.exp2(-(t_new - t_old)[moved, None] / half[moved])
+    cats = batch.category
+    items = batch.item_id
+    rows_cat = np.empty(len(keep), np.int64)
+    rows_item = np.empty(len(keep), np.int64)
+    track = config.max_items > 0
+    purchase = [t == PURCHASE_TYPE for t in batch.type]
+    for j, (i, uu) in enumerate(zip(keep.tolist(), u.tolist(), strict=True)):
+        state = states[uu]
+        c = cats[i]
+        if c is None:
+            rows_cat[j] = -1
+        else:
+            row = state.categories.index.get(c)
+            rows_cat[j] = row if row is not None else state.categories.add_key(c)
+        if not track:
+            continue
+        table = state.items
+        row = table.index.get(items[i])
+        if row is None:
+            row = table.add_key(items[i])
+        rows_item[j] = row
+        if c is not None:
+            table.cat[row] = table.category_code(c)
+        if purchase[i]:
+            table.bought[row] = True
+    tl = touched.tolist()
+    _accumulate([states[x].categories for x in tl], touched, u, rows_cat, adds, factors)
+    if track:
+        _accumulate([states[x].items for x in tl], touched, u, rows_item, adds, factors)
     if vectors is not None:
-        _add_vectors(state, item_add, vectors, fs, fl)
-    state.t_ref = t_new
+        _add_vectors(states, touched, u, [items[i] for i in keep.tolist()], adds, factors, vectors)
+    for x in tl:
+        states[x].t_ref = int(t_new[x])
+
+
+def _accumulate(
+    tables: list[Sums],
+    touched: np.ndarray,
+    u: np.ndarray,
+    rows: np.ndarray,
+    adds: np.ndarray,
+    factors: np.ndarray,
+) -> None:
+    """tables = round32(tables * their user's factor + the adds of their rows), at once.
+
+    All touched users' rows go into one float64 array (new keys as zero rows), which is
+    rescaled by one multiply and summed into by one grouped sum per horizon, then rounded
+    and cut back into per-user arrays."""
+    sizes = np.array([len(t.keys_) for t in tables], np.int64)
+    start = np.zeros(len(tables) + 1, np.int64)
+    np.cumsum(sizes, out=start[1:])
+    pieces: list[np.ndarray] = []
+    for t, size in zip(tables, sizes.tolist(), strict=True):
+        pieces.append(t.vals)
+        grown = size - len(t.vals)
+        if grown:
+            pieces.append(np.zeros((grown, 2), np.float32))
+    big = np.concatenate(pieces).astype(np.float64) if pieces else np.zeros((0, 2))
+    big *= np.repeat(factors[touched], sizes, axis=0)
+    slot = np.full(len(factors), -1, np.int64)
+    slot[touched] = np.arange(len(touched))
+    ok = rows >= 0
+    at = start[slot[u[ok]]] + rows[ok]
+    total = len(big)
+    big[:, SHORT] += np.bincount(at, weights=adds[ok, SHORT], minlength=total)
+    big[:, LONG] += np.bincount(at, weights=adds[ok, LONG], minlength=total)
+    small = big.astype(np.float32)
+    for n, t in enumerate(tables):
+        t.vals = small[start[n] : start[n + 1]].copy()  # a copy: no state pins the batch
 
 
 def _add_vectors(
-    state: UserState,
-    item_add: Mapping[str, list[float]],
+    states: Sequence[UserState],
+    touched: np.ndarray,
+    u: np.ndarray,
+    items: list[str],
+    adds: np.ndarray,
+    factors: np.ndarray,
     vectors: ItemVectors,
-    fs: float,
-    fl: float,
 ) -> None:
-    """vectors = vectors * factor + sum_i add_i * x(i), one small matmul per batch."""
-    coefs, rows = _known_rows(item_add.items(), vectors)
-    acc = state.vectors.astype(np.float64) if state.vectors is not None else None
-    if acc is None:
-        acc = np.zeros((2, vectors.dim), dtype=np.float64)
-    elif fs != 1.0 or fl != 1.0:
-        acc[0] *= fs
-        acc[1] *= fl
-    if rows:
-        acc += np.asarray(coefs, dtype=np.float64).T @ np.asarray(rows, dtype=np.float64)
-    state.vectors = acc.astype(np.float32)
+    """vectors = vectors * factor + sum_e add_e * x(item_e), for every touched user."""
+    acc = np.stack([states[x].vectors for x in touched.tolist()]).astype(np.float64)
+    acc *= factors[touched][:, :, None]
+    slot = np.full(len(factors), -1, np.int64)
+    slot[touched] = np.arange(len(touched))
+    found = [(j, x) for j, x in enumerate(vectors.get(i) for i in items) if x is not None]
+    if found:
+        at = np.array([j for j, _ in found], np.int64)
+        rows = np.stack([x for _, x in found]).astype(np.float64)  # (k, d)
+        contrib = adds[at][:, :, None] * rows[:, None, :]  # (k, 2, d)
+        np.add.at(acc, slot[u[at]], contrib)
+    small = acc.astype(np.float32)
+    for n, x in enumerate(touched.tolist()):
+        states[x].vectors = small[n].copy()
 
 
-def _known_rows(
-    pairs: Iterable[tuple[str, list[float]]], vectors: ItemVectors
-) -> tuple[list[list[float]], list[np.ndarray]]:
-    """Split (item, [short, long]) pairs into coefficient rows and embeddings, known items only."""
-    coefs: list[list[float]] = []
-    rows: list[np.ndarray] = []
-    for item_id, c in pairs:
-        x = vectors.get(item_id)
-        if x is not None:
-            coefs.append(c)
-            rows.append(x)
-    return coefs, rows
+def _count(
+    states: Sequence[UserState],
+    batch: EventBatch,
+    users: np.ndarray,
+    keep: np.ndarray,
+    by_type: dict[str, int],
+    kafka_ts: Sequence[int] | None,
+) -> None:
+    types = batch.type
+    ul = users.tolist()
+    for i in keep.tolist():
+        state = states[ul[i]]
+        t = types[i]
+        state.type_counts[t] = state.type_counts.get(t, 0) + 1
+        state.events_applied += 1
+        by_type[t] = by_type.get(t, 0) + 1
+        if kafka_ts is not None:
+            k = kafka_ts[i]
+            if state.last_event_kafka_ts is None or k > state.last_event_kafka_ts:
+                state.last_event_kafka_ts = k
 
 
 def _bound(state: UserState, config: InterestConfig) -> None:
@@ -291,14 +551,29 @@ def _bound(state: UserState, config: InterestConfig) -> None:
     strengths at any time.  Ties break on the key, so the outcome does not depend on
     arrival order.  A dropped item leaves its (decaying) contribution in the vectors.
     """
-    if len(state.categories) > config.max_categories:
-        state.categories = strongest(state.categories, config.max_categories)
-    if len(state.items) > config.max_items:
-        state.items = strongest(state.items, config.max_items)
-    if len(state.item_categories) > len(state.items):
-        state.item_categories = {k: c for k, c in state.item_categories.items() if k in state.items}
-    if any(p not in state.items for p in state.purchased):
-        state.purchased = {p for p in state.purchased if p in state.items}
+    for table, limit in (
+        (state.categories, config.max_categories),
+        (state.items, config.max_items),
+    ):
+        if len(table) > limit:
+            table.keep(strongest_rows(table, limit))
+
+
+def strongest_rows(table: Sums, n: int) -> np.ndarray:
+    """Rows of the n largest long-horizon sums (ties: the larger key), ascending."""
+    long = table.vals[:, LONG]
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    if n >= len(long):
+        return np.arange(len(long))
+    kth = np.partition(long, len(long) - n)[len(long) - n]
+    above = np.flatnonzero(long > kth)
+    tied = np.flatnonzero(long == kth).tolist()
+    need = n - len(above)
+    if need < len(tied):
+        keys = table.keys_
+        tied = sorted(tied, key=lambda r: keys[r], reverse=True)[:need]
+    return np.sort(np.concatenate([above, np.asarray(tied, np.int64)]))
 
 
 # --------------------------------------------------------------------------- reads
@@ -314,13 +589,15 @@ def _decay(state: UserState, horizon: int, t: int | None) -> float:
 def category_strengths(state: UserState, horizon: int, t: int | None = None) -> dict[str, float]:
     """S_c(t) for every kept category, t >= t_ref (default t_ref)."""
     f = _decay(state, horizon, t)
-    return {c: v[horizon] * f for c, v in state.categories.items()}
+    vals = state.categories.vals[:, horizon].tolist()
+    return {c: v * f for c, v in zip(state.categories.keys_, vals, strict=True)}
 
 
 def item_strengths(state: UserState, horizon: int, t: int | None = None) -> dict[str, float]:
     """S_i(t) for every kept item, t >= t_ref (default t_ref)."""
     f = _decay(state, horizon, t)
-    return {i: v[horizon] * f for i, v in state.items.items()}
+    vals = state.items.vals[:, horizon].tolist()
+    return {i: v * f for i, v in zip(state.items.keys_, vals, strict=True)}
 
 
 def interest_vector(state: UserState, horizon: int, t: int | None = None) -> np.ndarray | None:
@@ -337,8 +614,9 @@ def top_categories(
 ) -> list[tuple[str, float]]:
     """The n strongest categories at t, strongest first (ties: by name)."""
     f = _decay(state, horizon, t)
-    best = heapq.nlargest(n, state.categories.items(), key=lambda kv: (kv[1][horizon], kv[0]))
-    return [(c, v[horizon] * f) for c, v in best]
+    pairs = zip(state.categories.vals[:, horizon].tolist(), state.categories.keys_, strict=True)
+    best = heapq.nlargest(n, pairs)
+    return [(c, v * f) for v, c in best]
 
 
 def rebase(state: UserState, vectors: ItemVectors | None) -> None:
@@ -350,10 +628,11 @@ def rebase(state: UserState, vectors: ItemVectors | None) -> None:
     if vectors is None:
         state.vectors, state.model_version = None, None
         return
-    coefs, rows = _known_rows(state.items.items(), vectors)
     acc = np.zeros((2, vectors.dim), dtype=np.float64)
-    if rows:
-        acc += np.asarray(coefs, dtype=np.float64).T @ np.asarray(rows, dtype=np.float64)
+    found = [(n, x) for n, x in enumerate(map(vectors.get, state.items.keys_)) if x is not None]
+    if found:
+        coefs = state.items.vals[[n for n, _ in found]].astype(np.float64)  # (k, 2)
+        acc += coefs.T @ np.stack([x for _, x in found]).astype(np.float64)
     state.vectors = acc.astype(np.float32)
     state.model_version = vectors.version
 
@@ -369,5 +648,5 @@ def is_expired(state: UserState, now_ms: int, threshold: float) -> bool:
     if state.t_ref is None:
         return True
     f = _decay(state, LONG, max(now_ms, state.t_ref))
-    kept = state.categories or state.items
-    return all(abs(v[LONG]) * f < threshold for v in kept.values())
+    kept = state.categories if len(state.categories) else state.items
+    return bool(np.all(np.abs(kept.vals[:, LONG].astype(np.float64)) * f < threshold))

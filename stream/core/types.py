@@ -6,7 +6,7 @@ evaluation and the model scorers all speak these types, so they live below all o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -55,6 +55,66 @@ class Event:
     quantity: int | None = None
 
 
+@dataclass(slots=True)
+class EventBatch:
+    """The valid events of one fetch as columns: row ``i`` is the ``i``-th valid record.
+
+    The hot path folds these without building an :class:`Event` per record; ``event(i)`` is
+    for tests and slow paths.
+    """
+
+    rows: np.ndarray  # (n,) int64: each event's position in the fetch's record list
+    user_id: list[str]
+    item_id: list[str]
+    type: list[str]  # canonical type names (aliases resolved, lower case)
+    ts: np.ndarray  # (n,) int64 event time, epoch ms
+    event_id: list[str]
+    category: list[str | None]
+    weight: np.ndarray  # (n,) float64: base[type] * dwell_factor * quantity_factor
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    def event(self, i: int) -> Event:
+        return Event(
+            self.user_id[i],
+            self.item_id[i],
+            self.type[i],
+            int(self.ts[i]),
+            self.event_id[i],
+            self.category[i],
+            float(self.weight[i]),
+        )
+
+    def take(self, picks: Sequence[int]) -> EventBatch:
+        """The events at these positions, in that order."""
+        at = np.asarray(picks, np.int64)
+        return EventBatch(
+            rows=self.rows[at],
+            user_id=[self.user_id[i] for i in picks],
+            item_id=[self.item_id[i] for i in picks],
+            type=[self.type[i] for i in picks],
+            ts=self.ts[at],
+            event_id=[self.event_id[i] for i in picks],
+            category=[self.category[i] for i in picks],
+            weight=self.weight[at],
+        )
+
+    @classmethod
+    def of(cls, events: list[Event], rows: list[int] | None = None) -> EventBatch:
+        """Columns of already built events (readers of files, tests)."""
+        return cls(
+            rows=np.asarray(rows if rows is not None else range(len(events)), np.int64),
+            user_id=[e.user_id for e in events],
+            item_id=[e.item_id for e in events],
+            type=[e.type for e in events],
+            ts=np.asarray([e.ts for e in events], np.int64),
+            event_id=[e.event_id for e in events],
+            category=[e.category for e in events],
+            weight=np.asarray([e.weight for e in events], np.float64),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a record was not applied: ``reason`` is a :class:`RejectReason`."""
@@ -63,9 +123,10 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Recommended:
-    """One recommended item: ``score`` in [0, 1], ``reason`` a :class:`RecommendReason`."""
+class Recommended(NamedTuple):
+    """One recommended item: ``score`` in [0, 1], ``reason`` a :class:`RecommendReason`.
+
+    (A NamedTuple: a rescoring batch makes k of them per user.)"""
 
     item_id: str
     score: float

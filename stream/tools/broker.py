@@ -12,7 +12,11 @@ Why this shape:
 * The JVM is started directly (``java -cp libs/* kafka.Kafka server.properties``) as a detached
   process in its own session, so ``interest kafka up`` can return while the broker keeps
   running; its pid, ports and version go into the data directory, which is all ``status`` and
-  ``down`` need.
+  ``down`` need. ``up`` also remembers the data directory in the user cache
+  (``$XDG_CACHE_HOME/interest-stream/brokers.json``), so ``status`` and ``down`` find a broker
+  started with any ``--data-dir``; a stopped or dead broker is forgotten.
+* Kafka's command-line tools (console consumer, topics, consumer groups, ...) run from the
+  same jars (``interest kafka tool NAME``): the cache has no ``bin/`` scripts.
 * The controller quorum is static (``controller.quorum.voters``), not ``--standalone``: a
   dynamic quorum records the controller's address in the metadata log, which would pin the
   controller port for the life of the data directory. With a static quorum a restart may pick
@@ -63,6 +67,9 @@ STATE_FILE = "broker.json"
 LOG_FILE = "broker.log"
 PROPS_FILE = "server.properties"
 COMPLETE_MARKER = ".complete"
+REGISTRY_FILE = "brokers.json"
+TOOLS_JAR_GLOB = "kafka-tools-[0-9]*.jar"
+TOOLS_LOG4J2 = "tools-log4j2.xml"
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 20
 
@@ -99,8 +106,17 @@ def default_data_dir() -> Path:
 
 def cache_dir(version: str = KAFKA_VERSION) -> Path:
     """Where the resolved jars live: ``$XDG_CACHE_HOME/interest-stream/kafka-<version>``."""
+    return _cache_root() / f"kafka-{version}"
+
+
+def registry_file() -> Path:
+    """The brokers ``up`` started: ``$XDG_CACHE_HOME/interest-stream/brokers.json``."""
+    return _cache_root() / REGISTRY_FILE
+
+
+def _cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "interest-stream" / f"kafka-{version}"
+    return Path(base) / "interest-stream"
 
 
 # --------------------------------------------------------------------------- java
@@ -178,12 +194,13 @@ class Classpath:
         return str(self.libs / "*")
 
 
-def resolve_classpath(log: Log = print) -> Classpath:
-    """``$KAFKA_HOME/libs`` when KAFKA_HOME is set, else the cached jars (fetched if needed)."""
+def resolve_classpath(log: Log = print, tools: bool = False) -> Classpath:
+    """``$KAFKA_HOME/libs`` when KAFKA_HOME is set, else the cached jars (fetched if needed;
+    ``tools``: with Kafka's command-line tools too)."""
     kafka_home = os.environ.get("KAFKA_HOME")
     if kafka_home:
         return kafka_home_classpath(Path(kafka_home))
-    return Classpath(libs=fetch(log=log), version=KAFKA_VERSION)
+    return Classpath(libs=fetch(log=log, tools=tools), version=KAFKA_VERSION)
 
 
 def kafka_home_classpath(home: Path) -> Classpath:
@@ -198,20 +215,34 @@ def kafka_home_classpath(home: Path) -> Classpath:
     return Classpath(libs=libs, version=version, kafka_home=home)
 
 
-def fetch(log: Log = print, version: str = KAFKA_VERSION) -> Path:
-    """Make sure the broker's jars are in the cache and return the libs directory.
+def fetch(log: Log = print, version: str = KAFKA_VERSION, tools: bool = False) -> Path:
+    """Make sure the broker's jars (``tools``: and the tools' jars) are in the cache and return
+    the libs directory.
 
-    Skips Maven entirely once the marker file says a resolve completed, so warm starts work
-    offline. Resolves into a temporary directory and renames it, under a lock, so an
-    interrupted or concurrent fetch never leaves a half-filled libs directory behind.
+    Skips Maven entirely once the marker file says a resolve completed (and, for ``tools``, the
+    kafka-tools jar is there), so warm starts work offline. Resolves into a temporary directory
+    and renames it, under a lock, so an interrupted or concurrent fetch never leaves a
+    half-filled libs directory behind. A cache resolved before the pom named kafka-tools gets
+    the missing jars added one by one (each a rename), never removed: brokers running from it
+    keep their jars.
     """
     root = cache_dir(version)
     libs = root / "libs"
-    if (root / COMPLETE_MARKER).is_file():
+    if _fetched(root, tools):
         return libs
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / ".lock"):
+        if _fetched(root, tools):
+            return libs
         if (root / COMPLETE_MARKER).is_file():
+            log(f"fetching Kafka {version}'s command-line tools from Maven Central into {libs}")
+            tmp = root / f"libs.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            _run_maven(tmp, version)
+            for jar in sorted(tmp.glob("*.jar")):
+                if not (libs / jar.name).exists():
+                    jar.replace(libs / jar.name)
+            shutil.rmtree(tmp, ignore_errors=True)
             return libs
         log(f"fetching Apache Kafka {version} jars from Maven Central into {libs} (once)")
         tmp = root / f"libs.tmp-{os.getpid()}"
@@ -221,6 +252,12 @@ def fetch(log: Log = print, version: str = KAFKA_VERSION) -> Path:
         tmp.rename(libs)
         (root / COMPLETE_MARKER).write_text(f"{version}\n", encoding="utf-8")
     return libs
+
+
+def _fetched(root: Path, tools: bool) -> bool:
+    if not (root / COMPLETE_MARKER).is_file():
+        return False
+    return not tools or any((root / "libs").glob(TOOLS_JAR_GLOB))
 
 
 @contextlib.contextmanager
@@ -417,6 +454,7 @@ def status(data_dir: Path | None = None) -> BrokerInfo | None:
     pid = int(state.get("pid", 0))  # type: ignore[arg-type]
     if pid <= 0 or not _pid_alive(pid) or not _is_our_broker(pid, data_dir):
         _clear_pid(data_dir)
+        forget(data_dir)
         return None
     return BrokerInfo(
         pid=pid,
@@ -437,10 +475,14 @@ def up(
     data_dir = (data_dir or default_data_dir()).resolve()
     running = status(data_dir)
     if running is not None:
+        remember(running)
         log(f"already {running.describe()}")
         return running.bootstrap
     info = start(port, data_dir, timeout_s=timeout_s, log=log)
-    log(f"{info.describe()}; stop it with `interest kafka down`")
+    remember(info)
+    others = [other for other in running_brokers() if other.data_dir != info.data_dir]
+    how = f"`interest kafka down --data-dir {data_dir}`" if others else "`interest kafka down`"
+    log(f"{info.describe()}; stop it with {how}")
     return info.bootstrap
 
 
@@ -598,20 +640,219 @@ def _answers_metadata(bootstrap: str) -> bool:
     return bool(metadata.brokers)
 
 
-def down(data_dir: Path | None = None) -> bool:
-    """Stop the broker of ``data_dir`` cleanly; True if one was running.
+def down(data_dir: Path | None = None) -> BrokerInfo | None:
+    """Stop a broker cleanly; return the one stopped (None: none was running).
+
+    ``data_dir`` names the broker; without it, the one broker ``up`` started and that still
+    runs (see :func:`running_brokers`). With several running, none is stopped: BrokerError
+    lists them (stop them one by one with ``data_dir``, or all with :func:`down_all`).
 
     SIGTERM lets Kafka flush and close its logs (a clean shutdown avoids log recovery at the
     next start); SIGKILL only if it has not exited within STOP_TIMEOUT_S.
     """
-    data_dir = (data_dir or default_data_dir()).resolve()
+    if data_dir is None:
+        running = running_brokers()
+        if not running:
+            return None
+        if len(running) > 1:
+            listed = "; ".join(f"{b.bootstrap} (data in {b.data_dir})" for b in running)
+            raise BrokerError(
+                f"{len(running)} local brokers run: {listed}. Stop one with "
+                "`interest kafka down --data-dir DIR`, or all with `interest kafka down --all`"
+            )
+        data_dir = running[0].data_dir
+    data_dir = data_dir.resolve()
     info = status(data_dir)
     if info is None:
         _clear_pid(data_dir)
-        return False
+        forget(data_dir)
+        return None
     _terminate(info.pid, timeout_s=STOP_TIMEOUT_S)
     _clear_pid(data_dir)
-    return True
+    forget(data_dir)
+    return info
+
+
+def down_all() -> list[BrokerInfo]:
+    """Stop every running broker ``up`` started (and the default data directory's)."""
+    stopped = []
+    for info in running_brokers():
+        done = down(info.data_dir)
+        if done is not None:
+            stopped.append(done)
+    return stopped
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def running_brokers() -> list[BrokerInfo]:
+    """The brokers ``up`` started that still run, oldest first, and the default data
+    directory's broker if it runs; remembered brokers found dead are forgotten."""
+    found: list[BrokerInfo] = []
+    dirs = remembered()
+    default = default_data_dir().resolve()
+    if default not in dirs:
+        dirs.append(default)
+    for data_dir in dirs:
+        info = status(data_dir)  # forgets a dead one
+        if info is not None:
+            found.append(info)
+    return found
+
+
+def remembered() -> list[Path]:
+    """The data directories in the registry (running or not; :func:`status` tells)."""
+    return [Path(d) for d in _read_registry()]
+
+
+def remember(info: BrokerInfo) -> None:
+    """Note a broker ``up`` started in the user cache, so ``status``/``down`` find it."""
+
+    def add(brokers: dict[str, dict[str, object]]) -> bool:
+        brokers[str(info.data_dir)] = {"bootstrap": info.bootstrap, "pid": info.pid}
+        return True
+
+    _update_registry(add)
+
+
+def forget(data_dir: Path) -> None:
+    """Drop a data directory from the registry (a no-op when it is not there)."""
+    key = str(data_dir.resolve())
+    if not registry_file().is_file():
+        return
+
+    def drop(brokers: dict[str, dict[str, object]]) -> bool:
+        return brokers.pop(key, None) is not None
+
+    _update_registry(drop)
+
+
+def _read_registry() -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(registry_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    brokers = data.get("brokers") if isinstance(data, dict) else None
+    return dict(brokers) if isinstance(brokers, dict) else {}
+
+
+def _update_registry(change: Callable[[dict[str, dict[str, object]]], bool]) -> None:
+    """Read, change and (if changed) atomically rewrite the registry, under a file lock."""
+    path = registry_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.with_name(f"{REGISTRY_FILE}.lock")):
+        brokers = _read_registry()
+        if not change(brokers):
+            return
+        tmp = path.with_name(f"{REGISTRY_FILE}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"brokers": brokers}, indent=1), encoding="utf-8")
+        tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- tools
+
+#: ``interest kafka tool NAME``: Kafka's ``bin/kafka-NAME.sh`` tools and their main classes
+#: (Kafka 4.x; the kafka-tools artifact, see deploy/kafka/pom.xml).
+TOOLS: Mapping[str, str] = {
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "topics": "org.apache.kafka.tools.TopicCommand",
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "configs": "org.apache.kafka.tools.ConfigCommand",
+    "get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "delete-records": "org.apache.kafka.tools.DeleteRecordsCommand",
+    "log-dirs": "org.apache.kafka.tools.LogDirsCommand",
+    "metadata-quorum": "org.apache.kafka.tools.MetadataQuorumCommand",
+    "broker-api-versions": "org.apache.kafka.tools.BrokerApiVersionsCommand",
+    "transactions": "org.apache.kafka.tools.TransactionsCommand",
+    "reassign-partitions": "org.apache.kafka.tools.reassign.ReassignPartitionsCommand",
+    "leader-election": "org.apache.kafka.tools.LeaderElectionCommand",
+    "acls": "org.apache.kafka.tools.AclCommand",
+    "features": "org.apache.kafka.tools.FeatureCommand",
+    "storage": "kafka.tools.StorageTool",
+}
+
+#: Tools log warnings and errors to stderr, as the distribution's tools-log4j2.yaml does, so
+#: their stdout (a console consumer's records) stays clean.
+TOOLS_LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by stream/tools/broker.py for `interest kafka tool`; edits are overwritten. -->
+<Configuration status="ERROR" shutdownHook="disable">
+  <Appenders>
+    <Console name="stderr" target="SYSTEM_ERR">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="WARN">
+      <AppenderRef ref="stderr"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def tool_name(name: str) -> str:
+    """``kafka-topics.sh``, ``kafka-topics`` or ``topics`` -> ``topics``; BrokerError if unknown."""
+    short = name.strip().lower().removesuffix(".sh").removeprefix("kafka-")
+    if short not in TOOLS:
+        raise BrokerError(f"unknown Kafka tool {name!r}; known: {', '.join(TOOLS)}")
+    return short
+
+
+def tool_command(name: str, args: list[str], log: Log = print) -> list[str]:
+    """The command line that runs Kafka tool ``name`` with ``args``.
+
+    KAFKA_HOME: the distribution's own ``bin/kafka-NAME.sh`` when it has one. Otherwise the
+    cached jars (the tools' jars fetched once if missing) and the tool's main class.
+    """
+    short = tool_name(name)
+    java = find_java()
+    classpath = resolve_classpath(log=log, tools=True)
+    if classpath.kafka_home is not None:
+        script = classpath.kafka_home / "bin" / f"kafka-{short}.sh"
+        if script.is_file():
+            return [str(script), *args]
+    config = _tools_log_config(classpath)
+    return [
+        str(java),
+        *JVM_OPTS,
+        "-XX:TieredStopAtLevel=1",
+        "-XX:+UseSerialGC",
+        f"-Dlog4j2.configurationFile={config}",
+        "-cp",
+        classpath.java_arg,
+        TOOLS[short],
+        *args,
+    ]
+
+
+def _tools_log_config(classpath: Classpath) -> Path:
+    """The tools' log4j2 config, written beside the jars (rewritten only when it differs)."""
+    path = classpath.libs.parent / TOOLS_LOG4J2
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8") == TOOLS_LOG4J2_XML:
+            return path
+    tmp = path.with_name(f"{TOOLS_LOG4J2}.tmp-{os.getpid()}")
+    tmp.write_text(TOOLS_LOG4J2_XML, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def run_tool(name: str, args: list[str], log: Log = print) -> int:
+    """Run Kafka tool ``name`` in the foreground (stdin, stdout, stderr are ours); its exit
+    code. Ctrl-C reaches the tool too (same process group): its exit code is returned."""
+    cmd = tool_command(name, args, log=log)
+    try:
+        proc = subprocess.Popen(cmd)
+    except OSError as exc:
+        raise BrokerError(f"cannot run Kafka tool {name}: {exc}") from exc
+    while True:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            continue  # the tool got the SIGINT as well; wait for it to finish
+        return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
 
 
 def reap_orphans(root: Path) -> list[Path]:
@@ -657,14 +898,15 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stream.tools.broker fetch``: pre-resolve the jars (CI, offline preparation)."""
+    """``python -m stream.tools.broker fetch``: pre-resolve the jars, the broker's and the tools'
+    (CI, offline preparation)."""
     args = sys.argv[1:] if argv is None else argv
     if args != ["fetch"]:
         print("usage: python -m stream.tools.broker fetch", file=sys.stderr)
         return 2
     try:
         find_java()
-        classpath = resolve_classpath()
+        classpath = resolve_classpath(tools=True)
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

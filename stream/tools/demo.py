@@ -1,8 +1,12 @@
 """`interest demo`: broker, training, worker, replay and live recommendations in one command.
 
 It starts only what is missing (a reachable broker is reused) and stops everything it
-started on exit or Ctrl-C. The model trains in the background while the stream already
-flows, so the demo also shows a worker picking up a new model version without a restart.
+started on exit or Ctrl-C. A broker address given explicitly (INTEREST_KAFKA_BOOTSTRAP, a
+config file or a flag) means an existing broker: if it does not answer within
+INTEREST_KAFKA_CONNECT_TIMEOUT_S the demo stops with one line. Only with the default address
+(localhost:9092) does it start a local broker when none answers. The model trains in the
+background while the stream already flows, so the demo also shows a worker picking up a
+new model version without a restart.
 """
 
 from __future__ import annotations
@@ -15,28 +19,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from stream.config import Settings
+from stream.core.errors import Unreachable
 from stream.tools import broker
 from stream.tools.producer import send_records
 from stream.tools.synthetic import generate, write_jsonl
 from stream.tools.tail import COLUMNS, fetch_json, summary_row, tail_recommendations
-from stream.worker.kafka_clients import confluent_config
+from stream.worker.kafka_clients import check_reachable
 
 console = Console()
 
 
 def broker_reachable(settings: Settings, timeout_s: float = 3.0) -> bool:
+    """True when a broker answers at the configured address within ``timeout_s``."""
     try:
-        conf = confluent_config(settings, **{"socket.timeout.ms": 2000, "log_level": 0})
-        AdminClient(conf).list_topics(timeout=timeout_s)
-        return True
-    except Exception:
+        check_reachable(settings, min(timeout_s, settings.kafka_connect_timeout_s))
+    except Unreachable:
         return False
+    return True
 
 
 def start_process(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -107,7 +111,9 @@ def run_demo(
     started_broker = False
     procs: list[subprocess.Popen[bytes]] = []
     stop_tail = threading.Event()
-    if not broker_reachable(settings):
+    if "kafka_bootstrap" in settings.model_fields_set:
+        check_reachable(settings)  # an address the user gave: use it, or stop with one line
+    elif not broker_reachable(settings):
         console.print(f"no Kafka at {settings.kafka_bootstrap}: starting a local broker")
         port = int(settings.kafka_bootstrap.split(",")[0].rpartition(":")[2])
         bootstrap = broker.up(port=port, data_dir=work_dir / "kafka", log=console.print)

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models.data import iter_raw
 from stream.config import Settings
 from stream.core.errors import DataFormatError, ProduceError
-from stream.worker.kafka_clients import producer_config
+from stream.worker.kafka_clients import check_reachable, producer_config
 
 
 @dataclass
@@ -153,7 +153,9 @@ def produce_file(
     shift_to_now: bool = False,
     show_progress: bool = True,
 ) -> ProduceReport:
-    """Replay one file; raise ProduceError when nothing can be sent."""
+    """Replay one file; raise ProduceError when nothing can be sent, Unreachable (one line
+    naming the address) when no broker answers within INTEREST_KAFKA_CONNECT_TIMEOUT_S."""
+    check_reachable(settings)
     try:
         records: Iterable[dict[str, Any]] = iter_raw(path, fmt, columns)
         if shift_to_now:

@@ -1,10 +1,14 @@
 """The apply handler: one fetch of event records -> folded user states, dirty users.
 
-stream.worker.batch_consumer delivers the records of each fetch as one list. Nothing in
-here awaits, so no rebalance can fall between reading a state and folding into it. Bad
-records go to the dead-letter topic; records keyed by something else than their user id,
-or on another partition than murmur2 gives that id, are re-keyed first, so one user's state
-is never split; applied events are forwarded, grouped per category, to the trending
+stream.worker.batch_consumer delivers the records of each fetch as one list. The whole
+fetch is decoded at once (stream.core.events ``parse_batch``) and folded at once
+(stream.core.interest ``fold_batch``); what stays per record in Python is routing it (is it
+on its user's partition, under its user's key?) and its dedup check. Nothing in here
+awaits, so no rebalance can fall between reading a state and folding into it.
+
+Bad records go to the dead-letter topic; records keyed by something else than their user
+id, or on another partition than murmur2 gives that id, are re-keyed first, so one user's
+state is never split; applied events are forwarded, grouped per category, to the trending
 aggregation.
 """
 
@@ -13,17 +17,19 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from stream.core.events import EventParser
-from stream.core.interest import InterestConfig, fold
+from stream.core.interest import InterestConfig, UserState, fold_batch
 from stream.core.messages import dead_letter, now_ms
 from stream.core.scheduling import DirtyUsers
-from stream.core.types import Event, ItemVectors, Rejection
+from stream.core.types import EventBatch, ItemVectors, Rejection
 from stream.worker import metrics
+from stream.worker.batch_consumer import high_water
 from stream.worker.rescore import PublishedLog
 from stream.worker.state_store import StateStore
 
@@ -50,11 +56,16 @@ class Topics:
 
 
 @dataclass(slots=True)
-class _UserBatch:
-    events: list[Event] = field(default_factory=list)
-    positions: list[tuple[int, int]] = field(default_factory=list)
-    kafka_ts: list[int] = field(default_factory=list)
-    partition: int = 0
+class _Routed:
+    """The events of one fetch that belong here, with the users' states and positions."""
+
+    events: EventBatch
+    slots: np.ndarray  # event -> index into states
+    states: list[UserState]
+    partitions: list[int]  # per state: the user's partition
+    sources: list[int]  # per event: source partition (re-key topic offset by the base)
+    offsets: list[int]
+    kafka_ts: list[int]
 
 
 class ApplyHandler:
@@ -88,102 +99,122 @@ class ApplyHandler:
         self.flush_after = flush_after
         self.last_applied = 0.0  # monotonic time of the last batch
 
-    async def __call__(self, batch: Sequence[Any]) -> None:
-        """Fold one fetch of event records (a list of Kafka records)."""
+    async def __call__(self, records: Sequence[Any]) -> None:
+        """Fold one fetch of event records (Kafka records: ``timestamp`` in ms)."""
         self.last_applied = time.monotonic()
-        groups, forwards = self._group(batch)
-        for key, value in forwards:
-            self.producer.produce(self.topics.rekey, key, value)
-        applied: dict[str, int] = defaultdict(int)
-        duplicates = 0
-        vectors = self.vectors()
-        for user_id, group in groups.items():
-            duplicates += self._fold_user(user_id, group, vectors, applied)
+        now = now_ms()
+        stamps = [r.timestamp if r.timestamp and r.timestamp > 0 else now for r in records]
+        events, rejected = self.parser().parse_batch([r.value for r in records], stamps, now)
+        for i, rejection in rejected:
+            self.reject(rejection, records[i])
+        routed = self._route(records, events, stamps)
+        result = fold_batch(
+            routed.states,
+            routed.events,
+            routed.slots,
+            self.config,
+            vectors=self.vectors(),
+            sources=routed.sources,
+            offsets=routed.offsets,
+            kafka_ts=routed.kafka_ts,
+        )
+        self._mark(routed, result.applied)
         if self.trending:
-            self._forward_trending(groups)
-        for type_, n in applied.items():
+            self._forward_trending(routed)
+        for type_, n in result.applied_by_type.items():
             metrics.EVENTS.labels(type=type_).inc(n)
-        if duplicates:
-            metrics.DUPLICATES.inc(duplicates)
-        self.states.applied(list(batch))
+        if result.duplicates:
+            metrics.DUPLICATES.inc(result.duplicates)
+        self.states.applied(high_water(records), len(records))
         if self.states.waiting >= self.flush_after:
             self.states.flush()
         else:
             self.producer.poll()
 
-    def _group(
-        self, batch: Sequence[Any]
-    ) -> tuple[dict[str, _UserBatch], list[tuple[bytes, bytes]]]:
-        """Parse every record; group the valid ones by user, set aside those to re-key."""
-        now = now_ms()
-        parse = self.parser().parse
-        groups: dict[str, _UserBatch] = {}
-        forwards: list[tuple[bytes, bytes]] = []
-        for msg in batch:
-            ts_ms = int(msg.timestamp * 1000) if msg.timestamp else now
-            result = parse(msg.value, key=msg.key, timestamp_ms=ts_ms, now_ms=now)
-            if isinstance(result, Rejection):
-                self.reject(result, msg)
-                continue
-            partition = self.partition_of(result.user_id)
-            from_rekey = msg.topic == self.topics.rekey
-            if not from_rekey and (
-                msg.partition != partition or msg.key != result.user_id.encode()
-            ):
-                forwards.append((result.user_id.encode(), msg.value))
-                continue
-            group = groups.get(result.user_id)
-            if group is None:
-                group = groups[result.user_id] = _UserBatch(partition=partition)
-            group.events.append(result)
-            source = msg.partition + (REKEY_SOURCE_BASE if from_rekey else 0)
-            group.positions.append((source, msg.offset))
-            group.kafka_ts.append(ts_ms)
-        return groups, forwards
-
-    def _fold_user(
-        self,
-        user_id: str,
-        group: _UserBatch,
-        vectors: ItemVectors | None,
-        applied: dict[str, int],
-    ) -> int:
-        """One read-modify-write of the user's state for all its events in the batch.
-
-        Adds the applied events per type to ``applied``; returns the duplicates skipped.
-        """
-        state = self.states.read_or_new(user_id, self.config)
-        result = fold(  # re-bases the vectors itself when the model changed
-            state,
-            group.events,
-            self.config,
-            vectors=vectors,
-            positions=group.positions,
-            kafka_ts=group.kafka_ts,
+    def _route(self, records: Sequence[Any], events: EventBatch, stamps: list[int]) -> _Routed:
+        """Keep the events on their user's partition under their user's key; re-key the
+        others through the re-key topic (they come back here, or to their owner)."""
+        rekey = self.topics.rekey
+        partition_of = self.partition_of
+        read = self.states.read_or_new
+        config = self.config
+        slot_of: dict[str, int] = {}
+        states: list[UserState] = []
+        partitions: list[int] = []
+        keep: list[int] = []
+        slots: list[int] = []
+        sources: list[int] = []
+        offsets: list[int] = []
+        kafka_ts: list[int] = []
+        for j, (row, user) in enumerate(zip(events.rows.tolist(), events.user_id, strict=True)):
+            record = records[row]
+            partition = partition_of(user)
+            from_rekey = record.topic == rekey
+            if not from_rekey:
+                key = user.encode()
+                if record.partition != partition or record.key != key:
+                    self.producer.produce(rekey, key, record.value)
+                    continue
+            slot = slot_of.get(user)
+            if slot is None:
+                slot = slot_of[user] = len(states)
+                states.append(read(user, config))
+                partitions.append(partition)
+            keep.append(j)
+            slots.append(slot)
+            sources.append(record.partition + (REKEY_SOURCE_BASE if from_rekey else 0))
+            offsets.append(record.offset)
+            kafka_ts.append(stamps[row])
+        return _Routed(
+            events.take(keep),
+            np.asarray(slots, np.int64),
+            states,
+            partitions,
+            sources,
+            offsets,
+            kafka_ts,
         )
-        for type_, n in result.applied_by_type.items():
-            applied[type_] += n
-        if result.applied:
-            self.states.changed(user_id, group.partition)
-        if result.applied or self.published.unpublished(state):
-            self.dirty.mark(group.partition, user_id, state.last_event_kafka_ts or 0)
-        return result.duplicates
 
-    def _forward_trending(self, groups: dict[str, _UserBatch]) -> None:
-        """The batch's events, one record per category, for the trending aggregation."""
+    def _mark(self, routed: _Routed, applied: np.ndarray) -> None:
+        """States that changed are written at the next flush; users with events not yet
+        published are rescored."""
+        for state, partition, n in zip(
+            routed.states, routed.partitions, applied.tolist(), strict=True
+        ):
+            if n:
+                self.states.changed(state.user_id, partition)
+            if n or self.published.unpublished(state):
+                self.dirty.mark(partition, state.user_id, state.last_event_kafka_ts or 0)
+
+    def _forward_trending(self, routed: _Routed) -> None:
+        """The fetch's events, one record per category, for the trending aggregation."""
+        ev = routed.events
         by_category: dict[str, list[list[Any]]] = defaultdict(list)
-        for group in groups.values():
-            for event, (source, offset) in zip(group.events, group.positions, strict=True):
-                if event.category is not None:
-                    entry = [event.user_id, event.item_id, event.type, event.ts, event.weight]
-                    by_category[event.category].append([*entry, source, offset])
+        rows = zip(
+            ev.category,
+            ev.user_id,
+            ev.item_id,
+            ev.type,
+            ev.ts.tolist(),
+            ev.weight.tolist(),
+            routed.sources,
+            routed.offsets,
+            strict=True,
+        )
+        for category, *entry in rows:
+            if category is not None:
+                by_category[category].append(entry)
         for category, entries in by_category.items():
             self.producer.produce(self.topics.by_category, category.encode(), orjson.dumps(entries))
 
-    def reject(self, rejection: Rejection, msg: Any) -> None:
+    def reject(self, rejection: Rejection, record: Any) -> None:
         """Dead-letter a bad record with the reason, and count it (CONTRACT section 1)."""
-        record = dead_letter(
-            rejection, topic=msg.topic, partition=msg.partition, offset=msg.offset, value=msg.value
+        letter = dead_letter(
+            rejection,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            value=record.value,
         )
         metrics.REJECTED.labels(reason=rejection.reason).inc()
-        self.producer.produce(self.topics.dlq, msg.key, orjson.dumps(record))
+        self.producer.produce(self.topics.dlq, record.key, orjson.dumps(letter))

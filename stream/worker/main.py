@@ -116,7 +116,7 @@ def build(settings: Settings) -> Worker:
     )
     writer = TableWriter(
         Producer(producer_config(settings, **PRODUCER_OPTIONS)),
-        ack=lambda record: app.consumer.ack(record),
+        ack=lambda marks: app.consumer.acknowledge(marks),
     )
     topic = trending_topic(settings)
     follower = TrendingFollower(lambda: _snapshot_consumer(settings, topic)).start()
@@ -331,6 +331,9 @@ class _Guard:
 
 
 def configure_logging(settings: Settings) -> None:
+    """INFO by default; aiokafka's chatter from WARNING up. librdkafka's lines come through
+    stream.worker.kafka_clients.LibrdkafkaLog (logger ``interest.kafka``): its connection
+    errors as rate-limited warnings, the rest at DEBUG."""
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -342,7 +345,10 @@ def configure_logging(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> int:
-    """Create missing topics, then run the worker until stopped; returns the exit code."""
+    """Create missing topics, then run the worker until stopped; returns the exit code.
+
+    No broker answering within INTEREST_KAFKA_CONNECT_TIMEOUT_S: ensure_topics raises
+    Unreachable first (one line, exit 1 from the CLI)."""
     configure_logging(settings)
     os.makedirs(settings.data_dir, exist_ok=True)
     created = ensure_topics(settings)

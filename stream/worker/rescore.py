@@ -85,15 +85,20 @@ class Publisher:
         model_version: str | None,
     ) -> None:
         published_at = time.time()
-        store = self.table.data
+        now = int(published_at * 1000)
+        writes = []
+        latency = metrics.EVENT_TO_RECOMMENDATION
         for state, (partition, user_id, newest_ts), items in zip(states, taken, recs, strict=True):
             version = self.log.last(user_id)[0] + 1
-            message = build_message(state, items, version=version, model_version=model_version)
-            self.writer.put(store, self.topic, partition, user_id.encode(), orjson.dumps(message))
+            message = build_message(
+                state, items, version=version, model_version=model_version, generated_at=now
+            )
+            writes.append((partition, user_id.encode(), orjson.dumps(message)))
             self.log.record(user_id, version, state.events_applied)
-            metrics.PUBLISHED.inc()
             if newest_ts:
-                metrics.EVENT_TO_RECOMMENDATION.observe(max(0.0, published_at - newest_ts / 1000))
+                latency.observe(max(0.0, published_at - newest_ts / 1000))
+        self.writer.put_many(self.table.data, self.topic, writes)
+        metrics.PUBLISHED.inc(len(writes))
 
 
 class Ranker:

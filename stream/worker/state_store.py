@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,8 +34,12 @@ class Writer(Protocol):
         """Write ``key`` in the partition's RocksDB, then its changelog record."""
         ...
 
-    def seal(self, records: list[Any]) -> None:
-        """Close the epoch: ``records`` are acked once all its writes are delivered."""
+    def put_many(self, store: Any, topic: str, writes: Iterable[tuple[int, bytes, bytes]]) -> None:
+        """Write many (partition, key, value) in one RocksDB batch per partition."""
+        ...
+
+    def seal(self, marks: Mapping[Any, int]) -> None:
+        """Close the epoch: ``marks`` are acked once all its writes are delivered."""
         ...
 
     def poll(self) -> int:
@@ -131,7 +135,8 @@ class StateStore:
         self.cache: dict[str, UserState] = {}
         self.cache_size = cache_size
         self.unsaved: dict[str, int] = {}  # user_id -> partition: folded, not yet written
-        self.unacked: list[Any] = []  # records whose effects the next flush writes
+        self.marks: dict[Any, int] = {}  # source partition -> highest offset the flush covers
+        self.waiting = 0  # records applied and not yet covered by a flush
 
     def read(self, user_id: str) -> UserState | None:
         """The cached state, else the table's (read from the user's own partition)."""
@@ -160,26 +165,32 @@ class StateStore:
         """The user's state was folded: write it at the next flush."""
         self.unsaved[user_id] = partition
 
-    def applied(self, records: list[Any]) -> None:
-        """Records whose effects the next flush writes (acknowledged after its delivery)."""
-        self.unacked.extend(records)
-
-    @property
-    def waiting(self) -> int:
-        """Records applied and not yet covered by a flush."""
-        return len(self.unacked)
+    def applied(self, marks: Mapping[Any, int], records: int) -> None:
+        """Records whose effects the next flush writes (acknowledged after its delivery),
+        as high-water marks per source partition."""
+        for tp, offset in marks.items():
+            if offset > self.marks.get(tp, -1):
+                self.marks[tp] = offset
+        self.waiting += records
 
     def flush(self) -> None:
-        """Write every state folded since the last flush, once; its records are acknowledged
-        when the changelog records are delivered (stream.worker.table_writer)."""
-        store = self.table.data
-        for user_id, partition in self.unsaved.items():
-            value = encode(self.cache[user_id])  # unsaved states are never evicted
-            metrics.STATE_BYTES.observe(len(value))
-            self.writer.put(store, self.changelog, partition, user_id.encode(), value)
+        """Write every state folded since the last flush, once, in one RocksDB batch per
+        partition; its records are acknowledged when the changelog records are delivered
+        (stream.worker.table_writer)."""
+        cache = self.cache
+        writes = [
+            (partition, user_id.encode(), encode(cache[user_id]))  # unsaved: never evicted
+            for user_id, partition in self.unsaved.items()
+        ]
+        if writes:
+            self.writer.put_many(self.table.data, self.changelog, writes)
+            sizes = metrics.STATE_BYTES
+            for _, _, value in writes:
+                sizes.observe(len(value))
         self.unsaved.clear()
-        self.writer.seal(self.unacked)
-        self.unacked = []
+        self.writer.seal(self.marks)
+        self.marks = {}
+        self.waiting = 0
         self.writer.poll()
 
     def delete(self, partition: int, user_ids: list[str]) -> None:
@@ -203,5 +214,6 @@ class StateStore:
         after a rebalance those records are read again from the committed offsets."""
         self.writer.forget()
         self.unsaved.clear()
-        self.unacked.clear()
+        self.marks.clear()
+        self.waiting = 0
         self.cache.clear()

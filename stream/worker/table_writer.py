@@ -9,24 +9,40 @@ into the table's changelog through a confluent-kafka producer (murmur2, idempote
 
 The records that led to a write are acknowledged to Faust only once every changelog and
 output record produced before them is delivered: writes are grouped in epochs, and an
-epoch's records are acked when its last delivery report arrives. So an offset Faust
-commits always has its effects in Kafka, as with Faust's own tables.
+epoch's high-water marks (the highest source offset per partition whose effects it holds)
+are acknowledged when its last delivery report arrives. So an offset Faust commits always
+has its effects in Kafka, as with Faust's own tables.
+
+A flush's values go into RocksDB as one write batch per partition, without RocksDB's
+write-ahead log: the changelog is what makes a table durable, and a worker that did not
+stop cleanly rebuilds its stores from the changelogs anyway (stream.worker.main).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from faust.types import TP
+from rocksdict import WriteBatch, WriteOptions
 
 from stream.core.errors import DeliveryFailed
 
 log = logging.getLogger("interest.writer")
 
 PRODUCER_OPTIONS = {"linger.ms": 2, "message.timeout.ms": 300_000, "client.id": "interest-tables"}
+Marks = Mapping[TP, int]  # source partition -> highest offset whose effects an epoch holds
+
+
+def _no_wal() -> WriteOptions:
+    options = WriteOptions()
+    options.disable_wal = True
+    return options
+
+
+NO_WAL = _no_wal()
 
 
 class TableWriter:
@@ -35,12 +51,18 @@ class TableWriter:
     ``producer`` is a confluent-kafka Producer (murmur2, idempotent: see
     stream.worker.kafka_clients.producer_config and PRODUCER_OPTIONS)."""
 
-    def __init__(self, producer: Any, ack: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        ack: Callable[[Marks], Any],
+        write_batch: Callable[[], Any] = lambda: WriteBatch(raw_mode=True),
+    ) -> None:
         self.producer = producer
         self.ack = ack
+        self.write_batch = write_batch  # a RocksDB write batch (rocksdict's, raw bytes)
         self.epoch = 0
         self.outstanding: dict[int, int] = {0: 0}  # epoch -> records not yet delivered
-        self.sealed: deque[tuple[int, list[Any]]] = deque()  # (epoch, records to ack)
+        self.sealed: deque[tuple[int, dict[TP, int]]] = deque()  # (epoch, marks to ack)
         self.stores: dict[str, Any] = {}  # changelog topic -> Faust store, for offsets
         self.delivered_offsets: dict[tuple[str, int], int] = {}
         self.failure: Any = None  # the first delivery error (a confluent KafkaError)
@@ -57,6 +79,23 @@ class TableWriter:
             store._key_index[key] = partition
         self.stores.setdefault(topic, store)
         self.produce(topic, key, value, partition)
+
+    def put_many(self, store: Any, topic: str, writes: Iterable[tuple[int, bytes, bytes]]) -> None:
+        """Write many (partition, key, value): one RocksDB write batch per partition, then
+        their changelog records."""
+        batches: dict[int, Any] = {}
+        index = store._key_index
+        produce = self.produce
+        for partition, key, value in writes:
+            wb = batches.get(partition)
+            if wb is None:
+                wb = batches[partition] = self.write_batch()
+            wb.put(key, value)
+            index[key] = partition
+            produce(topic, key, value, partition)
+        for partition, wb in batches.items():
+            store._db_for_partition(partition).write(wb, write_opt=NO_WAL)
+        self.stores.setdefault(topic, store)
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1
@@ -85,25 +124,25 @@ class TableWriter:
 
         return delivered
 
-    def seal(self, records: Sequence[Any]) -> None:
-        """Close the epoch: ``records`` are acked once all its writes are delivered."""
-        self.sealed.append((self.epoch, list(records)))
+    def seal(self, marks: Marks) -> None:
+        """Close the epoch: ``marks`` are acked once all its writes are delivered."""
+        self.sealed.append((self.epoch, dict(marks)))
         self.epoch += 1
         self.outstanding[self.epoch] = 0
 
     def poll(self) -> int:
-        """Serve delivery reports; ack the records of complete epochs. Returns records acked."""
+        """Serve delivery reports; ack the marks of complete epochs. Returns epochs acked."""
         self.producer.poll(0)
         if self.failure is not None:
             raise DeliveryFailed(f"changelog record not delivered: {self.failure}")
         acked = 0
         while self.sealed and self.outstanding[self.sealed[0][0]] == 0:
-            epoch, records = self.sealed.popleft()
+            epoch, marks = self.sealed.popleft()
             del self.outstanding[epoch]
             self._callbacks.pop(epoch, None)
-            for record in records:
-                self.ack(record)
-            acked += len(records)
+            if marks:
+                self.ack(marks)
+            acked += 1
         if acked:
             self._persist_offsets()
         return acked
@@ -118,8 +157,8 @@ class TableWriter:
 
     def forget(self) -> None:
         """A rebalance: the records waiting for acks are read again from committed offsets."""
-        for _, records in self.sealed:
-            records.clear()
+        for _, marks in self.sealed:
+            marks.clear()
         self.delivered_offsets.clear()
 
     def close(self, timeout_s: float = 30.0) -> bool:

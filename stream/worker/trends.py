@@ -23,6 +23,7 @@ from stream.core.messages import now_ms
 from stream.core.trending import TrendConfig, fold_trend, global_top, new_trend, snapshot
 from stream.core.types import Event
 from stream.worker import metrics
+from stream.worker.batch_consumer import high_water
 from stream.worker.state_store import PartitionContexts, Table, Writer
 
 log = logging.getLogger("interest.trending")
@@ -72,7 +73,7 @@ class TrendAggregator:
             if fold_trend(trend, events, self.config, positions):
                 self.writer.put(store, self.changelog, partition, key, encode_trend(trend))
                 self.changed[category] = partition
-        self.writer.seal(list(batch))
+        self.writer.seal(high_water(batch))
         self.writer.poll()
 
     def forget(self, partitions: set[int]) -> None:

@@ -22,6 +22,8 @@ from tests.support.helpers import create_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
+SOURCE = TP("events", 0)  # the source partition whose records an epoch covers
+
 
 def _store(tmp_path: Path, bootstrap: str) -> Any:
     app = faust.App(
@@ -90,9 +92,9 @@ def test_writes_reach_store_and_changelog_then_ack(kafka_bootstrap: str, setup: 
     topic, store, writer, acked = setup.topic, setup.store, setup.writer, setup.acked
     writer.put(store, topic, 1, b"alice", b"state-1")
     writer.put(store, topic, 1, b"alice", b"state-2")
-    writer.seal(["r1", "r2"])
+    writer.seal({SOURCE: 2})
     assert acked == [], "acked before the changelog records were delivered"
-    _poll_until(writer, lambda: acked == ["r1", "r2"], "records acked after delivery")
+    _poll_until(writer, lambda: acked == [{SOURCE: 2}], "records acked after delivery")
     assert store._get(b"alice") == b"state-2"
     records = _read_all(kafka_bootstrap, topic, 1, 2)
     assert [(m.key(), m.value()) for m in records] == [
@@ -102,8 +104,8 @@ def test_writes_reach_store_and_changelog_then_ack(kafka_bootstrap: str, setup: 
     assert store.persisted_offset(TP(topic, 1)) == records[-1].offset()
 
     writer.put(store, topic, 1, b"alice", None)
-    writer.seal(["r3"])
-    _poll_until(writer, lambda: acked[-1:] == ["r3"], "delete acked")
+    writer.seal({SOURCE: 3})
+    _poll_until(writer, lambda: acked[-1:] == [{SOURCE: 3}], "delete acked")
     assert store._get(b"alice") is None
     tombstone = _read_all(kafka_bootstrap, topic, 1, 3)[-1]
     assert (tombstone.key(), tombstone.value()) == (b"alice", None)
@@ -112,8 +114,21 @@ def test_writes_reach_store_and_changelog_then_ack(kafka_bootstrap: str, setup: 
 def test_forgotten_records_are_never_acked(setup: Setup) -> None:
     topic, store, writer, acked = setup.topic, setup.store, setup.writer, setup.acked
     writer.put(store, topic, 0, b"bob", b"s")
-    writer.seal(["before-rebalance"])
+    writer.seal({SOURCE: 5})
     writer.forget()  # a rebalance: these records are read again from committed offsets
     writer.put(store, topic, 0, b"bob", b"s2")
-    writer.seal(["after"])
-    _poll_until(writer, lambda: acked == ["after"], "the later epoch acked")
+    writer.seal({SOURCE: 9})
+    _poll_until(writer, lambda: acked == [{SOURCE: 9}], "the later epoch acked")
+
+
+def test_many_writes_go_in_one_batch_per_partition(kafka_bootstrap: str, setup: Setup) -> None:
+    """A flush's states: one RocksDB write batch per partition, every changelog record."""
+    topic, store, writer, acked = setup.topic, setup.store, setup.writer, setup.acked
+    writes = [(n % 2, f"user-{n}".encode(), f"state-{n}".encode()) for n in range(40)]
+    writer.put_many(store, topic, writes)
+    writer.seal({SOURCE: 40})
+    _poll_until(writer, lambda: acked == [{SOURCE: 40}], "the flush acked after delivery")
+    for partition, key, value in writes:
+        assert store._db_for_partition(partition).get(key) == value
+    got = {m.key(): m.value() for m in _read_all(kafka_bootstrap, topic, 1, 20)}
+    assert got == {k: v for p, k, v in writes if p == 1}

@@ -16,6 +16,7 @@ import numpy as np
 
 from stream.core.errors import ScorerError
 from stream.core.types import CandidateBatch, ItemVectors, Recommended, ScoreBatch
+from stream.worker.table_writer import TableWriter
 
 
 @dataclass
@@ -27,7 +28,7 @@ class FakeRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp: float | None = None  # seconds, as Faust's messages carry it
+    timestamp: int | None = None  # epoch ms, as the Kafka client's records carry it
 
 
 class _Delivered:
@@ -104,11 +105,26 @@ class FakeProducer:
         return [r for r in self.records if r.topic == topic]
 
 
+class FakeWriteBatch:
+    """rocksdict's WriteBatch: puts applied by FakeDB.write."""
+
+    def __init__(self) -> None:
+        self.puts: list[tuple[bytes, bytes]] = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.puts.append((key, value))
+
+
 class FakeDB:
-    """One partition's RocksDB (rocksdict's Rdict: put, get, delete)."""
+    """One partition's RocksDB (rocksdict's Rdict: put, get, delete, write)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
+        self.batches = 0
+
+    def write(self, batch: FakeWriteBatch, write_opt: Any = None) -> None:
+        self.batches += 1
+        self.data.update(batch.puts)
 
     def put(self, key: bytes, value: bytes) -> None:
         self.data[key] = value
@@ -197,3 +213,8 @@ class FakeScorer:
 
     def close(self) -> None:
         self.closed = True
+
+
+def fake_writer(producer: FakeProducer, ack: Callable[[Any], Any]) -> TableWriter:
+    """stream.worker.table_writer.TableWriter over a fake producer and fake write batches."""
+    return TableWriter(producer, ack=ack, write_batch=FakeWriteBatch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -25,6 +26,7 @@ COMMANDS = [
     ["kafka", "up"],
     ["kafka", "down"],
     ["kafka", "status"],
+    ["kafka", "tool"],
 ]
 
 
@@ -48,3 +50,27 @@ def test_bad_setting_is_one_line_without_traceback() -> None:
     assert "INTEREST_TOP_K" in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_kafka_tool_help_is_ours_before_the_name_and_an_unknown_tool_is_one_line() -> None:
+    result = runner.invoke(app, ["kafka", "tool", "--help"])
+    assert "console-consumer" in result.output and "consumer-groups" in result.output
+    done = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "kafka", "tool", "kafka-nope.sh", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: unknown Kafka tool 'kafka-nope.sh'")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_kafka_down_refuses_all_with_a_data_dir(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "kafka", "down", "--all", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "exclude each other" in done.stderr

@@ -124,3 +124,15 @@ def test_every_contract_setting_exists() -> None:
         "web_port",
     ):
         assert field in names
+
+
+def test_connect_timeout_defaults_to_10_s_and_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().kafka_connect_timeout_s == 10.0
+    monkeypatch.setenv("INTEREST_KAFKA_CONNECT_TIMEOUT_S", "2.5")
+    assert load_settings().kafka_connect_timeout_s == 2.5
+    for bad in ("0", "-1", "soon"):
+        monkeypatch.setenv("INTEREST_KAFKA_CONNECT_TIMEOUT_S", bad)
+        with pytest.raises(SettingsError, match="INTEREST_KAFKA_CONNECT_TIMEOUT_S"):
+            load_settings()

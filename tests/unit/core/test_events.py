@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
@@ -254,3 +255,164 @@ def test_from_settings() -> None:
     ev = parse(p, raw(type="BOOST"))
     assert isinstance(ev, Event) and ev.weight == 9.0
     assert reason(parse(p, raw(pad="x" * 300))) == "too_large"
+
+
+# --- parse_batch: the typed, columnar path must be parse, record by record ---------------------
+
+BATCH_PARSER_BYTES = 400
+
+
+def batch_parser() -> EventParser:
+    return EventParser(
+        DEFAULT_WEIGHTS,
+        DEFAULT_ALIASES,
+        max_bytes=BATCH_PARSER_BYTES,
+        catalog={"cat-item": "c-from-catalog"},
+    )
+
+
+# (value, Kafka timestamp; -1 = none, expected reason or None for an event)
+MIXED: list[tuple[bytes | None, int, str | None]] = [
+    (raw(), -1, None),
+    (b"\xff\xfe{}", -1, "invalid_utf8"),
+    (b'{"user_id": "\xc3\x28", "item_id": "i1", "type": "browse", "ts": 1}', -1, "invalid_utf8"),
+    (b'{"user_id": "u1", "item_id": "i1", "type": "browse", "ts": 1, "x": "\xff"}', -1,
+     "invalid_utf8"),  # in a field the schema does not know
+    (b"{not json", -1, "invalid_json"),
+    (b"", -1, "invalid_json"),
+    (None, -1, "invalid_json"),
+    (raw()[:-3], -1, "invalid_json"),
+    # the schema would stop at the empty user_id; the value is not JSON, which comes first
+    (b'{"user_id": "", "item_id": "i1", "type": "browse", "ts": 1, "x": 1e999}', -1,
+     "invalid_json"),
+    (b'{"user_id": "u1", "x": NaN}', -1, "invalid_json"),
+    (b"[1, 2]", -1, "not_object"),
+    (b"null", -1, "not_object"),
+    (raw(item_id=...), -1, "missing_field"),
+    (raw(type=None), -1, "missing_field"),
+    (raw(ts=...), -1, "missing_field"),
+    (raw(ts=...), NOW - 5, None),
+    (raw(ts=None), NOW - 7, None),
+    (raw(ts=NOW - 9), NOW - 5, None),
+    # two faults: the contract reports the first in field order, not in document order
+    (b'{"item_id": 5, "type": "browse", "ts": 1, "user_id": null}', -1, "missing_field"),
+    (b'{"ts": "x", "type": "teleport", "user_id": "u", "item_id": "i"}', -1, "unknown_type"),
+    (raw(ts=1.7e12), -1, "wrong_type"),
+    (raw(ts=True), -1, "wrong_type"),
+    (raw(dwell_ms=1.0), -1, "wrong_type"),
+    (raw(user_id=["x"]), -1, "wrong_type"),
+    (b'{"user_id": "u1", "item_id": "i1", "type": "browse", "ts": 18446744073709551616}', -1,
+     "wrong_type"),  # orjson makes a float of an integer past 64 bits
+    (raw(user_id="x" * 129), -1, "id_too_long"),
+    (raw(event_id="é" * 129), -1, "id_too_long"),
+    (raw(category=""), -1, "empty_id"),
+    (raw(type="teleport"), -1, "unknown_type"),
+    (raw(type=""), -1, "unknown_type"),
+    (raw(pad="x" * BATCH_PARSER_BYTES), -1, "too_large"),
+    (raw(ts=NOW + DAY + 1), -1, "future_ts"),
+    (raw(ts=...), NOW + DAY + 1, "future_ts"),
+    (b'{"user_id": "u1", "item_id": "i1", "type": "browse", "ts": 9223372036854775808}', -1,
+     "future_ts"),  # past int64: the checks, not the schema, decide it
+    (raw(quantity=0), -1, "negative_value"),
+    (raw(dwell_ms=-1), -1, "negative_value"),
+    (raw(ts=-1), -1, "negative_value"),
+    (raw(type="PV", item_id="cat-item"), -1, None),
+    (raw(type=" Fav ", item_id="cat-item", category="mine"), -1, None),
+    (raw(type="cart", quantity=3, dwell_ms=20_000, event_id="e7"), -1, None),
+    (raw(type="click", dwell_ms=9_223_372_036_854_775_808), -1, None),
+    (raw(extra={"nested": [1, [2, {"x": None}]]}, event_id=None, category=None), -1, None),
+    (b'{"user\\u005fid": "u2", "item_id": "i2", "type": "buy", "ts": 3}', -1, None),
+    (b'{"user_id": 5, "user_id": "u3", "item_id": "i3", "type": "fav", "ts": 4}', -1, None),
+    (b'{"user_id": "u4", "user_id": null, "item_id": "i3", "type": "fav", "ts": 4}', -1,
+     "missing_field"),
+]  # fmt: skip
+
+
+def test_parse_batch_agrees_with_parse_on_every_reason() -> None:
+    p = batch_parser()
+    values = [v for v, _, _ in MIXED]
+    stamps = [t for _, t, _ in MIXED]
+    batch, rejected = p.parse_batch(values, stamps, NOW)
+    singles = [parse(p, v, timestamp_ms=None if t < 0 else t) for v, t, _ in MIXED]
+    assert [i for i, r in enumerate(singles) if isinstance(r, Event)] == batch.rows.tolist()
+    assert [(i, r) for i, r in enumerate(singles) if isinstance(r, Rejection)] == rejected
+    for row, i in enumerate(batch.rows.tolist()):
+        ev = singles[i]
+        assert isinstance(ev, Event)
+        assert batch.event(row) == Event(
+            ev.user_id, ev.item_id, ev.type, ev.ts, ev.event_id, ev.category, ev.weight
+        )
+    got = [r.reason if isinstance(r, Rejection) else None for r in singles]
+    assert got == [want for _, _, want in MIXED]
+    assert {r.reason for _, r in rejected} == set(RejectReason)
+    assert all(r.detail for _, r in rejected)
+
+
+def test_parse_batch_details_are_the_checks_details() -> None:
+    p = batch_parser()
+    values = [
+        raw(user_id="x" * 129),
+        raw(quantity=0),
+        raw(ts=1.5),
+        b"{not json",
+        b"\xff",
+        b"[1]",
+        raw(type="x" * 50),
+    ]
+    _, rejected = p.parse_batch(values, [-1] * len(values), NOW)
+    try:
+        orjson.loads(b"{not json")
+    except orjson.JSONDecodeError as exc:
+        not_json = f"value is not JSON: {exc}"
+    assert [(r.reason, r.detail) for _, r in rejected] == [
+        ("id_too_long", "user_id has 129 characters (max 128)"),
+        ("negative_value", "quantity must be >= 1, got 0"),
+        ("wrong_type", "ts must be an integer, got float"),
+        ("invalid_json", not_json),
+        ("invalid_utf8", "value is not UTF-8: invalid start byte at byte 0"),
+        ("not_object", "value is a JSON list, not an object"),
+        ("unknown_type", f"unknown event type {'x' * 40 + '...'!r}"),
+    ]
+
+
+def test_parse_batch_columns() -> None:
+    p = batch_parser()
+    values = [b"{}", raw(type="view"), raw(type="purchase", quantity=2, ts=NOW - 1), raw(ts=...)]
+    batch, rejected = p.parse_batch(values, [1, 2, 3, 4], NOW)
+    assert batch.rows.dtype == np.int64 and batch.rows.tolist() == [1, 2, 3]
+    assert batch.ts.dtype == np.int64 and batch.ts.tolist() == [NOW, NOW - 1, 4]
+    assert batch.weight.dtype == np.float64 and batch.weight.tolist() == [1.0, 16.0, 1.0]
+    assert batch.type == ["browse", "purchase", "browse"]
+    assert batch.event_id == [
+        derive_event_id("u1", "i1", "browse", NOW),
+        derive_event_id("u1", "i1", "purchase", NOW - 1),
+        derive_event_id("u1", "i1", "browse", 4),
+    ]
+    assert [(i, r.reason) for i, r in rejected] == [(0, "missing_field")]
+    empty, none = p.parse_batch([], [], NOW)
+    assert len(empty) == 0 and empty.rows.dtype == np.int64 and empty.ts.dtype == np.int64
+    assert empty.weight.dtype == np.float64 and none == []
+
+
+def test_parse_batch_timestamps_as_numpy_and_length_check() -> None:
+    p = batch_parser()
+    batch, _ = p.parse_batch([raw(ts=...)], np.array([NOW - 3], np.int64), NOW)
+    assert batch.ts.tolist() == [NOW - 3]
+    assert batch.event_id == [derive_event_id("u1", "i1", "browse", NOW - 3)]
+    with pytest.raises(ValueError, match="timestamps"):
+        p.parse_batch([raw()], [], NOW)
+
+
+def test_derived_ids_identical_across_paths() -> None:
+    p = batch_parser()
+    values = [raw(type=t, ts=NOW - k) for k, t in enumerate(["pv", "Browse", "buy", "CART"])]
+    batch, _ = p.parse_batch(values, [-1] * 4, NOW)
+    singles = [parse(p, v) for v in values]
+    expected = [
+        derive_event_id("u1", "i1", t, NOW - k)
+        for k, t in enumerate(["browse", "browse", "purchase", "add_to_cart"])
+    ]
+    assert batch.event_id == expected
+    assert [e.event_id for e in singles if isinstance(e, Event)] == expected
+    # the derivation itself is frozen: a change would re-apply every replayed event
+    assert derive_event_id("u1", "i1", "browse", 1) == "3c2b2b6751d7cf7fe0b8323b"

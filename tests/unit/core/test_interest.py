@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,7 +328,8 @@ def test_decode_rejects_newer_and_corrupt_formats() -> None:
     blob = encode(state)
     assert blob[0] == FORMAT_VERSION
     newer = bytes([FORMAT_VERSION + 1]) + blob[1:]
-    with pytest.raises(StateFormatError, match=r"newer interest-stream \(format 2\).*up to 1"):
+    pattern = rf"newer interest-stream \(format {FORMAT_VERSION + 1}\).*up to {FORMAT_VERSION}"
+    with pytest.raises(StateFormatError, match=pattern):
         decode(newer)
     for bad in (b"", b"\x00abc", blob[:-3], blob + b"x"):
         with pytest.raises(StateFormatError, match="corrupt"):
@@ -346,3 +349,23 @@ def test_new_state_is_empty_and_round_trips() -> None:
     state = new_state("ü")
     assert decode(encode(state)) == state
     assert state.t_ref is None and category_strengths(state, SHORT) == {}
+
+
+def test_a_format_1_state_written_by_0_2_reads_as_it_was() -> None:
+    """States in changelogs written by 0.2.0 (format 1) keep working after the upgrade."""
+    fixture = json.loads((Path(__file__).parent / "data" / "state_format1.json").read_text())
+    state = decode(bytes.fromhex(fixture["hex"]))
+    want = fixture["state"]
+    assert state.user_id == want["user_id"] and state.t_ref == want["t_ref"]
+    assert dict(state.categories) == want["categories"] and dict(state.items) == want["items"]
+    assert state.item_categories == want["item_categories"]
+    assert sorted(state.purchased) == want["purchased"]
+    assert state.vectors.tolist() == want["vectors"] and state.model_version == "7"
+    assert state.type_counts == want["type_counts"]
+    assert state.events_applied == want["events_applied"]
+    assert state.offsets == {int(k): v for k, v in want["offsets"].items()}
+    assert list(state.recent_ids) == want["recent_ids"]
+    assert state.last_event_kafka_ts == want["last_event_kafka_ts"]
+    assert list(state.half_lives) == want["half_lives"]
+    again = decode(encode(state))
+    assert encode(state)[0] == FORMAT_VERSION and again == state

@@ -7,14 +7,14 @@ import asyncio
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from stream.config import Settings, event_parser, interest_config
 from stream.core.scheduling import DirtyUsers
 from stream.worker.apply import REKEY_SOURCE_BASE, ApplyHandler, Topics
 from stream.worker.rescore import PublishedLog
 from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
-from stream.worker.table_writer import TableWriter
-from tests.support.fakes import FakeProducer, FakeRecord, FakeTable
+from tests.support.fakes import FakeProducer, FakeRecord, FakeTable, fake_writer
 
 T0 = 1_700_000_000_000
 PARTITIONS = 4
@@ -33,7 +33,7 @@ class World:
         self.states = StateStore(
             self.table,
             "users-changelog",
-            TableWriter(self.producer, ack=self.acked.append),
+            fake_writer(self.producer, self.acked.append),
             self.partition_of,
             PartitionContexts("events"),
         )
@@ -52,6 +52,7 @@ class World:
             flush_after=flush_after,
         )
         self.offset = 0
+        self.seen: list[FakeRecord] = []
 
     def record(
         self, user: str, item: str, ts: int, *, key: str | None = None, raw: bytes | None = None
@@ -66,11 +67,18 @@ class World:
             self.offset,
             (key if key is not None else user).encode(),
             value,
-            ts / 1000,
+            ts,
         )
 
     def apply(self, records: list[FakeRecord]) -> None:
+        self.seen.extend(records)
         asyncio.run(self.handler(records))
+
+    def high_water(self) -> dict[int, int]:
+        marks: dict[int, int] = {}
+        for r in self.seen:
+            marks[r.partition] = max(marks.get(r.partition, -1), r.offset)
+        return marks
 
 
 def test_events_fold_into_states_and_mark_users_dirty() -> None:
@@ -112,7 +120,7 @@ def test_a_record_keyed_by_someone_else_is_rekeyed_not_applied() -> None:
     assert w.states.read("u1") is None
     [sent] = w.producer.on("rekey")
     assert sent.key == b"u1" and sent.value == foreign.value
-    rekeyed = FakeRecord("rekey", w.partition_of("u1"), 0, b"u1", foreign.value, T0 / 1000)
+    rekeyed = FakeRecord("rekey", w.partition_of("u1"), 0, b"u1", foreign.value, T0)
     w.apply([rekeyed])
     state = w.states.read("u1")
     assert state.events_applied == 1 and state.offsets == {
@@ -138,4 +146,5 @@ def test_states_are_written_once_enough_records_wait() -> None:
     assert w.producer.on("users-changelog") == []
     w.apply([w.record("u2", "i1", T0)])
     assert {r.key for r in w.producer.on("users-changelog")} == {b"u1", b"u2"}
-    assert len(w.acked) == 3  # every record of the flush, once its writes were delivered
+    # the flush's records, by their high-water marks, once its writes were delivered
+    assert w.acked == [{TP("events", p): o for p, o in w.high_water().items()}]

@@ -13,8 +13,7 @@ from stream.worker import metrics
 from stream.worker.housekeeping import Expiry, ModelTracker, PendingScan
 from stream.worker.rescore import PublishedLog
 from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
-from stream.worker.table_writer import TableWriter
-from tests.support.fakes import FakeProducer, FakeScorer, FakeTable
+from tests.support.fakes import FakeProducer, FakeScorer, FakeTable, fake_writer
 
 CFG = InterestConfig()
 T0 = 1_700_000_000_000
@@ -43,7 +42,7 @@ def states_with(users: dict[str, int]) -> tuple[StateStore, PartitionContexts]:
     store = StateStore(
         FakeTable(),
         "c",
-        TableWriter(FakeProducer(), ack=lambda _r: None),
+        fake_writer(FakeProducer(), lambda _r: None),
         UserPartitioner(2),
         contexts,
     )

@@ -17,8 +17,7 @@ from stream.core.types import Event
 from stream.worker import metrics
 from stream.worker.rescore import PublishedLog, Publisher, Ranker, Rescorer
 from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
-from stream.worker.table_writer import TableWriter
-from tests.support.fakes import FakeProducer, FakeScorer, FakeTable
+from tests.support.fakes import FakeProducer, FakeScorer, FakeTable, fake_writer
 
 CFG = InterestConfig()
 T0 = 1_700_000_000_000
@@ -27,7 +26,7 @@ T0 = 1_700_000_000_000
 class World:
     def __init__(self, scorer: FakeScorer, timeout_s: float = 5.0) -> None:
         self.producer = FakeProducer()
-        writer = TableWriter(self.producer, ack=lambda _r: None)
+        writer = fake_writer(self.producer, lambda _r: None)
         self.partition_of = UserPartitioner(4)
         self.states = StateStore(
             FakeTable(), "users-changelog", writer, self.partition_of, PartitionContexts("e")

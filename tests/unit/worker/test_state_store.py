@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from faust.types import TP
+
 from stream.core.codec import decode, encode
 from stream.core.interest import InterestConfig, fold, new_state
 from stream.core.types import Event
 from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
-from stream.worker.table_writer import TableWriter
-from tests.support.fakes import FakeProducer, FakeTable
+from tests.support.fakes import FakeProducer, FakeTable, fake_writer
 
 CFG = InterestConfig()
 T0 = 1_700_000_000_000
@@ -24,7 +25,7 @@ def make_store() -> tuple[StateStore, FakeTable, FakeProducer, list[Any]]:
     store = StateStore(
         table,
         "app-users-changelog",
-        TableWriter(producer, ack=acked.append),
+        fake_writer(producer, acked.append),
         UserPartitioner(4),
         PartitionContexts("events"),
     )
@@ -55,24 +56,26 @@ def test_flush_writes_each_changed_user_once_and_acks_after_delivery() -> None:
     store.changed("u1", 2)
     fold(state, [ev("u1", "i2", T0 + 1)], CFG)
     store.changed("u1", 2)
-    store.applied(["r1", "r2"])
-    assert store.waiting == 2
+    store.applied({TP("events", 2): 41}, 2)
+    store.applied({TP("events", 2): 40, TP("events", 3): 7}, 1)
+    assert store.waiting == 3
     store.flush()
     assert [(r.topic, r.partition, r.key) for r in producer.records] == [
         ("app-users-changelog", 2, b"u1")
     ]
     assert decode(table.data._db_for_partition(2).get(b"u1")) == state
+    assert table.data._db_for_partition(2).batches == 1  # one RocksDB write batch
     assert acked == [] and store.waiting == 0
     producer.deliver()
     store.writer.poll()
-    assert acked == ["r1", "r2"]
+    assert acked == [{TP("events", 2): 41, TP("events", 3): 7}]
 
 
 def test_forget_drops_unwritten_folds_and_their_records() -> None:
     store, table, producer, acked = make_store()
     fold(store.read_or_new("u1", CFG), [ev("u1", "i1", T0)], CFG)
     store.changed("u1", 1)
-    store.applied(["r1"])
+    store.applied({TP("events", 1): 3}, 1)
     store.forget()
     store.flush()
     producer.deliver()

@@ -7,13 +7,13 @@ import asyncio
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from stream.core.codec import decode_trend
 from stream.core.trending import TrendConfig
 from stream.worker.state_store import PartitionContexts
-from stream.worker.table_writer import TableWriter
 from stream.worker.trends import TrendAggregator, TrendingFollower
-from tests.support.fakes import FakeProducer, FakeRecord, FakeTable
+from tests.support.fakes import FakeProducer, FakeRecord, FakeTable, fake_writer
 
 T0 = 1_700_000_000_000
 
@@ -29,7 +29,7 @@ class Sent:
 def aggregator() -> tuple[TrendAggregator, FakeTable, Sent, list[Any]]:
     acked: list[Any] = []
     table, sent = FakeTable(), Sent()
-    writer = TableWriter(FakeProducer(), ack=acked.append)
+    writer = fake_writer(FakeProducer(), acked.append)
     agg = TrendAggregator(
         table, "trends-changelog", writer, PartitionContexts("e"), sent, TrendConfig()
     )
@@ -50,7 +50,7 @@ def test_a_batch_folds_each_category_once_and_replays_are_skipped() -> None:
     asyncio.run(agg.fold(batch))
     trend = decode_trend(table.get(b"c1"))
     assert trend.items["i1"][1] == 4.0 and trend.items["i2"][1] == 2.0
-    assert acked == batch and agg.changed == {"c1": 1}
+    assert acked == [{TP("by-cat", 1): 1}] and agg.changed == {"c1": 1}
     asyncio.run(agg.fold([FakeRecord("by-cat", 1, 2, b"c1", rows(("i1", 12)))]))  # a replay
     assert decode_trend(table.get(b"c1")).items["i1"][1] == 4.0
 
