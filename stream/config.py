@@ -23,6 +23,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
+from stream.core.dedup import DedupConfig
 from stream.core.errors import SettingsError
 from stream.core.events import EventParser
 from stream.core.interest import InterestConfig
@@ -71,6 +72,11 @@ class SaslMechanism(StrEnum):
     PLAIN = "PLAIN"
     SCRAM_SHA_256 = "SCRAM-SHA-256"
     SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class BeyondRetention(StrEnum):
+    dead_letter = "dead_letter"
+    apply = "apply"
 
 
 class PurchasedPolicy(StrEnum):
@@ -122,8 +128,14 @@ class Settings(BaseSettings):
     event_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
     max_categories: int = Field(64, ge=1, le=4096)
     max_items: int = Field(100, ge=0, le=100_000)
-    dedup_window: int = Field(64, ge=0, le=100_000)
+    dedup_retention_ms: int = Field(
+        7 * DAY_MS, ge=0, description="event time ids are remembered for; 0: offsets only"
+    )
+    dedup_beyond_retention: BeyondRetention = BeyondRetention.dead_letter
     max_event_bytes: int = Field(65_536, ge=256)
+    dlq_max_original_bytes: int = Field(
+        16_384, ge=0, le=900_000, description="bytes of a rejected value its dead letter carries"
+    )
     max_future_ms: int = Field(DAY_MS, ge=0)
     expire_threshold: float = Field(
         0.0, ge=0.0, description="expire users whose long strengths all fell below this; 0 = never"
@@ -297,7 +309,13 @@ def interest_config(settings: Settings) -> InterestConfig:
         half_life_long_ms=settings.half_life_long_ms,
         max_categories=settings.max_categories,
         max_items=settings.max_items,
-        dedup_window=settings.dedup_window,
+    )
+
+
+def dedup_config(settings: Settings) -> DedupConfig:
+    """How long event ids are remembered, and what an older event gets."""
+    return DedupConfig(
+        retention_ms=settings.dedup_retention_ms, beyond=settings.dedup_beyond_retention.value
     )
 
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from models.training.embeddings import Interactions
 from stream.core.candidates import recommend_batch
-from stream.core.decay import LONG, SHORT
-from stream.core.interest import InterestConfig, Sums, UserState, fold, new_state
+from stream.core.decay import LONG, SHORT, Sums
+from stream.core.interest import InterestConfig, UserState, fold, new_state
 from stream.core.trending import (
     GLOBAL_TOP,
     CategoryTrend,

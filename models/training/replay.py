@@ -18,11 +18,18 @@ import numpy as np
 
 from models.serving.model_dir import EmbeddingTable
 from models.training.embeddings import Interactions
-from models.training.module import ModelArtifacts, build_module, item_scales
+from models.training.module import ModelArtifacts, item_scales, retrieval_scores
 from models.training.ranker import pair_features
 from stream.core.candidates import apply_policy, generate
 from stream.core.decay import LONG, SHORT
-from stream.core.features import N_FEATURES, blend_scores, components, features_from
+from stream.core.features import (
+    N_FEATURES,
+    UserColumns,
+    blend_scores,
+    components,
+    features_from,
+    gather,
+)
 from stream.core.interest import InterestConfig, UserState, fold, interest_vector, new_state
 from stream.core.trending import (
     GLOBAL_TOP,
@@ -117,16 +124,22 @@ class RankGroup:
 
 
 class Retriever:
-    """The exported module's retrieval stage (``retrieve``), one user at a time.
+    """The exported module's retrieval (models.training.module.retrieval_scores, run here in
+    numpy), one user at a time.
 
     The replay adds these items to the union as serving does (reason
     ``similar_to_your_interests``): without them training and validation would never see
-    the model's own retrieval candidates, the items its embedding favours. It calls the
-    very TensorFlow function the SavedModel exports, so the two cannot drift.
+    the model's own retrieval candidates, the items its embedding favours. The scoring is
+    the one function the SavedModel runs, so the two cannot drift.
     """
 
     def __init__(self, art: ModelArtifacts, k: int) -> None:
-        self.module = build_module(art)
+        emb = art.embeddings.astype(np.float32)
+        self.unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-6)
+        self.item_cat = art.item_category_index()
+        pop = art.popularity.astype(np.float32)
+        self.pop_scaled = pop / item_scales(art)[1]
+        self.weights = (np.float32(art.category_weight), np.float32(art.popularity_weight))
         self.k = min(k, len(art.item_ids))
         self.ids = art.item_ids
         self.index = {i: n for n, i in enumerate(art.item_ids)}
@@ -139,30 +152,45 @@ class Retriever:
     ) -> list[Recommended]:
         if self.k <= 0:
             return []
-        cats = np.zeros((2, self.n_cat), np.float32)
-        for name, v in state.categories.items():
-            slot = self.cat_pos.get(name, self.n_cat - 1)
-            cats[SHORT, slot] += v[SHORT]
-            cats[LONG, slot] += v[LONG]
-        exclude = np.zeros((1, len(self.ids)), bool)
-        if policy == "exclude":
-            for item in state.purchased:
-                n = self.index.get(item)
-                if n is not None:
-                    exclude[0, n] = True
-        res = self.module.retrieve(
+        other = self.n_cat - 1
+        slots = [self.cat_pos.get(name, other) for name in state.categories.keys_]
+        cats = np.zeros((self.n_cat, 2), np.float32)
+        np.add.at(cats, slots, state.categories.vals)
+        cats = cats.T
+        score = retrieval_scores(
+            np,
             np.asarray(short, np.float32)[None],
             np.asarray(long, np.float32)[None],
             cats[SHORT : SHORT + 1],
             cats[LONG : LONG + 1],
-            exclude,
-            np.int32(self.k),
-        )
+            self.unit,
+            self.item_cat,
+            self.pop_scaled,
+            *self.weights,
+        )[0]
+        if policy == "exclude":
+            for item in state.purchased:
+                n = self.index.get(item)
+                if n is not None:
+                    score[n] = -np.inf
+        top = best_first(score, self.k)
         return [
             Recommended(self.ids[n], 0.0, self.names[n], RecommendReason.similar_to_your_interests)
-            for n in res["items"].numpy()[0].tolist()
-            if n >= 0
+            for n in top.tolist()
+            if score[n] > -np.inf
         ]
+
+
+def best_first(score: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, best first, ties to the lower index (as TF's top_k)."""
+    k = min(k, len(score))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    kth = np.partition(score, len(score) - k)[len(score) - k]
+    above = np.flatnonzero(score > kth)
+    tied = np.flatnonzero(score == kth)[: k - len(above)]
+    top = np.concatenate([above, tied])
+    return top[np.lexsort((top, -score[top]))]
 
 
 def replay(
@@ -220,6 +248,7 @@ def replay(
             unknown += pos is None
             cands = []
             gtop: list[tuple[str, str | None, float]] = []
+            cols = gather([state], [ev.ts])  # the user's columns before the event, at its time
             if state.t_ref is not None:
                 gtop = global_trend.top(GLOBAL_TOP, ev.ts)
                 retrieved = retrieval(state, *rows.vectors(state, ev), policy)
@@ -230,6 +259,7 @@ def replay(
                     retrieved=retrieved,
                     policy=policy,
                     limit=limit,
+                    cols=cols,
                 )
             negs = [
                 art.item_ids[i] for i in sampler.sample(rng, exclude=-1 if pos is None else pos)
@@ -237,7 +267,7 @@ def replay(
             pool = [c.item_id for c in cands if c.item_id != ev.item_id]
             if pool and cfg.neg_candidates > 0:
                 negs += [pool[i] for i in rng.integers(0, len(pool), cfg.neg_candidates).tolist()]
-            rows.add(state, trends, gtop, ev, [ev.item_id, *negs], users[ev.user_id], rng)
+            rows.add(state, cols, trends, gtop, ev, [ev.item_id, *negs], users[ev.user_id], rng)
             history = seen.setdefault(ev.user_id, set())
             if (
                 groups is not None
@@ -250,7 +280,7 @@ def replay(
                 at = ids.index(ev.item_id) if ev.item_id in ids else -1
                 group = RankGroup(at)
                 if at >= 0:
-                    parts = components(state, cands, trends, gtop, ev.ts)
+                    parts = components(state, cands, trends, gtop, ev.ts, cols=cols)
                     group.purchased = parts.purchased.copy()
                     group.ids = ids
                     group.blend_rank = rank_in(blend_scores(parts), group, policy)
@@ -300,6 +330,7 @@ class Rows:
     def add(
         self,
         state: UserState,
+        cols: UserColumns,
         trends: Mapping[str, TrendEntry],
         global_top: Sequence[tuple[str, str | None, float]],
         ev: Event,
@@ -309,7 +340,7 @@ class Rows:
     ) -> None:
         s, lv = self.vectors(state, ev)
         cands = [Candidate(i, self._category(i, ev), "") for i in items]
-        parts = components(state, cands, trends, global_top, ev.ts)
+        parts = components(state, cands, trends, global_top, ev.ts, cols=cols)
         feats = features_from(parts)
         cold = rng.random(len(items)) < self.cold if self.cold > 0 else np.zeros(len(items), bool)
         c = self.cols

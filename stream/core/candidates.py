@@ -23,13 +23,15 @@ id, a string). Pure: no faust, kafka or tensorflow.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from stream.core.decay import LONG, SHORT
+from stream.core.decay import LONG, SHORT, starts
 from stream.core.features import (
     EPS,
     Components,
@@ -40,6 +42,7 @@ from stream.core.features import (
     gather,
 )
 from stream.core.interest import UserState, category_strengths, interest_vector
+from stream.core.messages import INTERESTS_PER_HORIZON
 from stream.core.trending import TrendEntry
 from stream.core.types import (
     Candidate,
@@ -123,8 +126,7 @@ def _rows_union(user: np.ndarray, item: np.ndarray, cat: np.ndarray, reason: int
 def _concat(parts: list[Union], users: int) -> Union:
     user = np.concatenate([p.user for p in parts])
     order = np.argsort(user, kind="stable")  # by user, sources (and items) in their order
-    start = np.zeros(users + 1, np.int64)
-    np.cumsum(np.bincount(user, minlength=users), out=start[1:])
+    start = starts(np.bincount(user, minlength=users))
     return Union(
         user[order],
         np.concatenate([p.item for p in parts])[order],
@@ -154,6 +156,10 @@ def _own(cols: UserColumns, cap: int, exclude: bool) -> Union:
 def _sequential_sum(values: np.ndarray, start: np.ndarray) -> np.ndarray:
     """Per-group sums added left to right, as Python's ``sum`` adds (same rounding)."""
     sizes = np.diff(start)
+    if len(sizes) <= 8:  # a handful of groups (one user): Python's own sum is the rule
+        bounds = start.tolist()
+        flat = values.tolist()
+        return np.array([sum(flat[a:b]) for a, b in itertools.pairwise(bounds)], np.float64)
     out = np.zeros(len(sizes), np.float64)
     for j in range(int(sizes.max(initial=0))):
         has = sizes > j
@@ -193,9 +199,10 @@ def _position(groups: np.ndarray) -> np.ndarray:
     n = len(groups)
     if not n:
         return np.zeros(0, np.int64)
-    first = np.r_[True, groups[1:] != groups[:-1]]
+    first = np.ones(n, bool)
+    first[1:] = groups[1:] != groups[:-1]
     starts = np.flatnonzero(first)
-    return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    return np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
 
 
 def _trending(
@@ -215,7 +222,7 @@ def _trending(
     user, cat, share = user[has], cat[has], share[has]
     if not len(user):
         return _rows_union(*(np.zeros(0, np.int64),) * 3, TRENDING)
-    total = _sequential_sum(share, np.r_[0, np.cumsum(np.bincount(user, minlength=cols.size))])
+    total = _sequential_sum(share, starts(np.bincount(user, minlength=cols.size)))
     total[total == 0] = 1.0
     quota = np.maximum(1, np.floor(room * share / total[user])).astype(np.int64)
     ranked = {c: p.ranked for c, p in prepared.items()}
@@ -258,12 +265,12 @@ def _take(
     """The first ``quota`` items of each pair's ranked prefix that the user does not keep;
     also how many each pair got."""
     pair = np.repeat(np.arange(len(user)), want)
-    start = np.r_[0, np.cumsum(want)[:-1]]
+    start = starts(want)[:-1]
     items = np.concatenate(
         [ranked[c][:w] for c, w in zip(cat.tolist(), want.tolist(), strict=True)]
     )
     eligible = cols.user_items(user[pair], items) < 0
-    count = np.cumsum(eligible) - np.repeat(np.r_[0, np.cumsum(eligible)][start], want)
+    count = np.cumsum(eligible) - np.repeat(starts(eligible)[start], want)
     take = eligible & (count <= quota[pair])
     got = np.bincount(pair[take], minlength=len(user))
     return (user[pair][take], items[take], cat[pair][take]), got
@@ -332,16 +339,49 @@ def apply_policy(scores: np.ndarray, purchased: np.ndarray, policy: str) -> np.n
     return s
 
 
-def top_k(
-    union: Union, scores: np.ndarray, k: int, vocab: Vocabulary = VOCABULARY
-) -> list[list[Recommended]]:
-    """Each user's best k by score (ties: item id), as Recommended lists.
+@dataclass(slots=True)
+class Ranked:
+    """A batch's final recommendations as columns: user ``b``'s best first, in
+    ``start[b]:start[b + 1]``; and each user's strongest categories for the message."""
+
+    start: np.ndarray  # (B + 1,)
+    item: list[str]
+    score: list[float]
+    category: list[str | None]
+    reason: list[RecommendReason]
+    interests: list[dict[str, list[dict[str, Any]]]]  # per user, as the message carries them
+
+    def lists(self) -> list[list[Recommended]]:
+        recs = list(map(Recommended, self.item, self.score, self.category, self.reason))
+        bounds = self.start.tolist()
+        return [recs[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def entries(self, b: int) -> list[dict[str, Any]]:
+        """User ``b``'s items as the recommendation message carries them."""
+        lo, hi = int(self.start[b]), int(self.start[b + 1])
+        rows = zip(
+            self.item[lo:hi],
+            self.score[lo:hi],
+            self.reason[lo:hi],
+            self.category[lo:hi],
+            strict=True,
+        )
+        return [
+            {"item_id": i, "score": round(s, 6), "reason": r, "category": c}
+            if c is not None
+            else {"item_id": i, "score": round(s, 6), "reason": r}
+            for i, s, r, c in rows
+        ]
+
+
+def top_k(union: Union, scores: np.ndarray, k: int, vocab: Vocabulary = VOCABULARY) -> Ranked:
+    """Each user's best k by score (ties: item id).
 
     Rows are ordered by (user, score) with one sort for the batch; only a user whose
     cut or order involves equal scores has its rows ordered by item name in Python."""
     users = len(union.start) - 1
     if k <= 0 or not len(union.user):
-        return [[] for _ in range(users)]
+        return Ranked(np.zeros(users + 1, np.int64), [], [], [], [], [])
     order = np.lexsort((-scores, union.user))
     ranked_user = union.user[order]
     pos = _position(ranked_user)
@@ -354,7 +394,6 @@ def top_k(
     tied[ranked_user[same]] = True
     best = order[(pos < k) & ~tied[ranked_user]]
     names, cat_names = vocab.items.names, vocab.categories.names
-    out: list[list[Recommended]] = [[] for _ in range(users)]
     for b in np.flatnonzero(tied).tolist():  # order by (score, name) in Python
         rows = union.rows(b)
         sl = scores[rows].tolist()
@@ -362,19 +401,21 @@ def top_k(
         picked = sorted(range(len(sl)), key=lambda n: (-sl[n], names[ids[n]]))[:k]
         best = np.concatenate([best, np.asarray(picked, np.int64) + rows.start])
     best = best[np.lexsort((np.arange(len(best)), union.user[best]))]  # by user, kept order
-    item = [names[i] for i in union.item[best].tolist()]
-    cats = [cat_names[c] if c >= 0 else None for c in union.cat[best].tolist()]
-    reason = [REASONS[r] for r in union.reason[best].tolist()]
-    recs = list(map(Recommended, item, scores[best].tolist(), cats, reason))
-    for rec, user in zip(recs, union.user[best].tolist(), strict=True):
-        out[user].append(rec)
-    return out
+    start = starts(np.bincount(union.user[best], minlength=users))
+    return Ranked(
+        start,
+        [names[i] for i in union.item[best].tolist()],
+        scores[best].tolist(),
+        [cat_names[c] if c >= 0 else None for c in union.cat[best].tolist()],
+        [REASONS[r] for r in union.reason[best].tolist()],
+        [],
+    )
 
 
 # --------------------------------------------------------------------------- the entry point
 
 
-def recommend_batch(
+def rank_batch(
     states: Sequence[UserState],
     *,
     trending: Mapping[str, TrendEntry],
@@ -386,8 +427,8 @@ def recommend_batch(
     retrieved: Sequence[Sequence[Recommended]] | None = None,
     retrieval_k: int = 50,
     vocab: Vocabulary = VOCABULARY,
-) -> list[list[Recommended]]:
-    """States -> final ranked recommendations, one list per state (the worker and evaluation).
+) -> Ranked:
+    """States -> final ranked recommendations, as columns (the worker and evaluation).
 
     With a loaded model: retrieval (unless ``retrieved`` is given), the candidate union, and
     the network's scores for every candidate; a user whose scores do not come back (model
@@ -399,7 +440,7 @@ def recommend_batch(
     but the union is ranked by the blend.
     """
     if not states:
-        return []
+        return Ranked(np.zeros(1, np.int64), [], [], [], [], [])
     vocab.make_room()
     policy = str(getattr(policy, "value", policy))
     use_model = scorer is not None and scorer.model_version is not None
@@ -425,7 +466,33 @@ def recommend_batch(
     scores = blend_scores(parts)
     if request is not None and scorer is not None and network_ranking(scorer):
         scores = _network_scores(scorer, request, union, parts, scores, vocab)
-    return top_k(union, apply_policy(scores, parts.purchased, policy), k, vocab)
+    ranked = top_k(union, apply_policy(scores, parts.purchased, policy), k, vocab)
+    ranked.interests = interests_of(cols, vocab)
+    return ranked
+
+
+def recommend_batch(states: Sequence[UserState], **options: Any) -> list[list[Recommended]]:
+    """:func:`rank_batch` as one list of Recommended per state."""
+    return rank_batch(states, **options).lists()
+
+
+def interests_of(cols: UserColumns, vocab: Vocabulary = VOCABULARY) -> list[dict[str, Any]]:
+    """Each user's strongest categories per horizon at t_ref (INTERESTS_PER_HORIZON, ties:
+    the larger name, as stream.core.interest.top_categories), as the message carries them."""
+    rank = vocab.category_rank()[cols.cat_id]
+    names = vocab.categories.names
+    out: list[dict[str, Any]] = [{"long": [], "short": []} for _ in range(cols.size)]
+    for name, h in (("long", LONG), ("short", SHORT)):
+        order = np.lexsort((-rank, -cols.cat_vals[:, h], cols.cat_user))
+        top = order[_position(cols.cat_user[order]) < INTERESTS_PER_HORIZON]
+        for u, c, v in zip(
+            cols.cat_user[top].tolist(),
+            cols.cat_id[top].tolist(),
+            cols.cat_vals[top, h].tolist(),
+            strict=True,
+        ):
+            out[u][name].append({"category": names[c], "strength": v})
+    return out
 
 
 def _network_scores(
@@ -502,9 +569,11 @@ def generate(
     policy: str = "demote",
     limit: int = 200,
     vocab: Vocabulary = VOCABULARY,
+    cols: UserColumns | None = None,
 ) -> list[Candidate]:
-    """:func:`generate_batch` for one user, as Candidate tuples in union order."""
-    cols = gather([state], vocab=vocab)
+    """:func:`generate_batch` for one user, as Candidate tuples in union order (``cols``:
+    the user's columns, already gathered)."""
+    cols = cols if cols is not None else gather([state], vocab=vocab)
     union = generate_batch(
         cols,
         trending=trending,
@@ -547,7 +616,7 @@ def rank(
         np.asarray([REASONS.index(c.reason) for c in kept], np.int64),
         np.array([0, len(kept)], np.int64),
     )
-    return top_k(union, s, k, vocab)[0]
+    return top_k(union, s, k, vocab).lists()[0]
 
 
 def blend(

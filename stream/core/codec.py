@@ -15,12 +15,13 @@ from itertools import accumulate
 
 import numpy as np
 
+from stream.core.decay import Sums
 from stream.core.errors import InterestStreamError, StateFormatError, TrendFormatError
-from stream.core.interest import DIGEST_BYTES, ItemSums, Sums, UserState
+from stream.core.interest import ItemSums, UserState
 from stream.core.trending import CategoryTrend
 
 FORMAT_VERSION = 2  # user states (format 1 is still read)
-TREND_FORMAT = 1  # category trends
+TREND_FORMAT = 2  # category trends (format 1 is still read)
 
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -83,12 +84,6 @@ class Reader:
         (n,) = struct.unpack("<H", self.take(2))
         return self.take(n).decode()
 
-    def digests(self, n: int) -> list[int]:
-        buf = np.zeros((n, 8), dtype=np.uint8)
-        got = np.frombuffer(self.take(n * DIGEST_BYTES), np.uint8)
-        buf[:, :DIGEST_BYTES] = got.reshape(n, DIGEST_BYTES)
-        return buf.view("<u8").ravel().tolist()
-
     def done(self) -> None:
         if self.pos != len(self.data):
             raise self.fail(f"{len(self.data) - self.pos} trailing bytes")
@@ -144,11 +139,6 @@ def _put_floats(out: list[bytes], flat: np.ndarray) -> None:
     out.append(a[nz].tobytes())
 
 
-def _put_digests(out: list[bytes], digests: list[int]) -> None:
-    raw = np.array(digests, dtype="<u8").view(np.uint8).reshape(-1, 8)[:, :DIGEST_BYTES]
-    out.append(raw.tobytes())
-
-
 def _put_str(out: list[bytes], s: str) -> None:
     raw = s.encode()
     out.append(struct.pack("<H", len(raw)))
@@ -158,9 +148,11 @@ def _put_str(out: list[bytes], s: str) -> None:
 # --------------------------------------------------------------------------- user state
 
 # format, flags, t_ref, half-lives, kafka ts, events applied; then the counts of types,
-# partitions, digests, category names (v1: categories and item categories; v2: item
-# categories only), categories, items, and the vector dim
-_HEADER = struct.Struct("<BBqqqqqHHIIIIH")
+# partitions, the items' category names, categories, items, and the vector dim
+_HEADER = struct.Struct("<BBqqqqqHHIIIH")
+# format 1 (0.2.0): the same with a count of remembered id digests, and one name table
+_HEADER_V1 = struct.Struct("<BBqqqqqHHIIIIH")
+_DIGEST_V1 = 6  # bytes per id digest of format 1 (skipped: ids are remembered apart now)
 _F_TREF, _F_KTS, _F_VEC, _F_MODEL = 1, 2, 4, 8
 
 
@@ -170,10 +162,10 @@ def encode(state: UserState) -> bytes:
     Layout (little-endian), format 2: header (scalars and section counts); one string
     table (user_id, model_version, type names, category keys, item keys, the items'
     category names: a width byte, the byte lengths, the UTF-8 bytes); type counts;
-    partition offsets (int64 pairs); recent id digests (6 bytes each); category then item
-    [short, long] float32 pairs (non-zero bitmap + values); each item's category code
-    (0 = none, else 1-based into the items' category names); purchased bitset; vectors
-    (2 x dim float32). Every section is written from the state's columns as they are.
+    partition offsets (int64 pairs); category then item [short, long] float32 pairs
+    (non-zero bitmap + values); each item's category code (0 = none, else 1-based into the
+    items' category names); purchased bitset; vectors (2 x dim float32). Every section is
+    written from the state's columns as they are.
     """
     cats, items = state.categories, state.items
     flags = (
@@ -183,6 +175,14 @@ def encode(state: UserState) -> bytes:
         | (_F_MODEL if state.model_version is not None else 0)
     )
     dim = state.vectors.shape[1] if state.vectors is not None else 0
+    raw = [
+        state.user_id.encode(),
+        (state.model_version or "").encode(),
+        *(t.encode() for t in state.type_counts),
+        *cats.raw,
+        *items.raw,
+        *(c.encode() for c in items.cat_names),
+    ]
     out = [
         _HEADER.pack(
             FORMAT_VERSION,
@@ -194,26 +194,16 @@ def encode(state: UserState) -> bytes:
             state.events_applied,
             len(state.type_counts),
             len(state.offsets),
-            len(state.recent_ids),
             len(items.cat_names),
             len(cats),
             len(items),
             dim,
         )
     ]
-    raw = [
-        state.user_id.encode(),
-        (state.model_version or "").encode(),
-        *(t.encode() for t in state.type_counts),
-        *cats.raw,
-        *items.raw,
-        *(c.encode() for c in items.cat_names),
-    ]
     _put_uints(out, [len(b) for b in raw])
     out.append(b"".join(raw))
     _put_uints(out, list(state.type_counts.values()))
     out.append(_arr("q", [*state.offsets, *state.offsets.values()]))
-    _put_digests(out, list(state.recent_ids))
     _put_floats(out, np.concatenate([cats.vals, items.vals]).ravel())
     _put_uints(out, items.cat)
     out.append(np.packbits(np.asarray(items.bought, bool), bitorder="little").tobytes())
@@ -235,16 +225,20 @@ def decode(data: bytes) -> UserState:
 
 
 def _decode_state(r: Reader, fmt: int) -> UserState:
-    head = r.unpack(_HEADER)
-    _, flags, t_ref, hs, hl, kts, applied = head[:7]
-    n_types, n_parts, n_digests, n_names, n_cat, n_items, dim = head[7:]
-    if fmt == 1:  # one name table for categories and item categories, categories first
+    if fmt == 1:
+        head = r.unpack(_HEADER_V1)
+        n_types, n_parts, n_digests, n_names, n_cat, n_items, dim = head[7:]
+        # one name table for categories and item categories, categories first
         lens, blob = r.strs_raw(2 + n_types + n_names + n_items)
         cat_at, item_at, names_at = 2 + n_types, 2 + n_types + n_names, 2 + n_types
     else:
+        head = r.unpack(_HEADER)
+        n_types, n_parts, n_names, n_cat, n_items, dim = head[7:]
+        n_digests = 0
         lens, blob = r.strs_raw(2 + n_types + n_cat + n_items + n_names)
         cat_at, item_at = 2 + n_types, 2 + n_types + n_cat
         names_at = item_at + n_items
+    _, flags, t_ref, hs, hl, kts, applied = head[:7]
     raw = _split(blob, lens)
     strs = [b.decode() for b in raw[: 2 + n_types]]
     user_id, model, type_names = strs[0], strs[1], strs[2:]
@@ -254,7 +248,7 @@ def _decode_state(r: Reader, fmt: int) -> UserState:
     type_counts = dict(zip(type_names, r.uints(n_types), strict=True))
     parts = r.arr("q", 2 * n_parts)
     offsets = dict(zip(parts[:n_parts], parts[n_parts:], strict=True))
-    recent = dict.fromkeys(r.digests(n_digests))
+    r.take(n_digests * _DIGEST_V1)
     values = r.float_array(2 * (n_cat + n_items)).reshape(-1, 2)
     codes = r.uints(n_items)
     bought = np.unpackbits(
@@ -281,7 +275,6 @@ def _decode_state(r: Reader, fmt: int) -> UserState:
         type_counts=type_counts,
         events_applied=applied,
         offsets=offsets,
-        recent_ids=recent,
         last_event_kafka_ts=kts if flags & _F_KTS else None,
         half_lives=(hs, hl),
     )
@@ -303,10 +296,12 @@ _T_TREF = 1
 
 
 def encode_trend(trend: CategoryTrend) -> bytes:
-    """Format byte, header, category name, offsets (int64 pairs), item ids, float32 [s, l].
+    """Format byte, header, category name, offsets (int64 pairs), item ids (width byte,
+    byte lengths, UTF-8 bytes), float32 [short, long] per item (format 2).
 
     Values are float32 at rest, like the user state, so a round trip is bit-for-bit.
     """
+    items = trend.items
     out = [
         _TREND_HEAD.pack(
             TREND_FORMAT,
@@ -315,39 +310,44 @@ def encode_trend(trend: CategoryTrend) -> bytes:
             trend.half_lives[0],
             trend.half_lives[1],
             len(trend.offsets),
-            len(trend.items),
+            len(items),
         )
     ]
     _put_str(out, trend.category)
     out.append(np.array([*trend.offsets, *trend.offsets.values()], "<i8").tobytes())
-    for item in trend.items:
-        _put_str(out, item)
-    out.append(np.array(list(trend.items.values()), "<f4").reshape(-1, 2).tobytes())
+    _put_uints(out, [len(b) for b in items.raw])
+    out.append(b"".join(items.raw))
+    out.append(np.ascontiguousarray(items.vals, "<f4").tobytes())
     return b"".join(out)
 
 
 def decode_trend(data: bytes) -> CategoryTrend:
-    """Inverse of :func:`encode_trend`; a newer or corrupt value raises TrendFormatError."""
+    """Inverse of :func:`encode_trend`; reads format 1 too; a newer or corrupt value raises
+    TrendFormatError."""
     r = _checked(data, TrendFormatError, "trend", TREND_FORMAT)
     try:
-        return _decode_trend_v1(r)
+        return _decode_trend(r, data[0])
     except TrendFormatError:
         raise
     except (ValueError, UnicodeDecodeError, struct.error) as exc:
         raise r.fail(str(exc)) from exc
 
 
-def _decode_trend_v1(r: Reader) -> CategoryTrend:
+def _decode_trend(r: Reader, fmt: int) -> CategoryTrend:
     _, flags, t_ref, hs, hl, n_off, n_items = r.unpack(_TREND_HEAD)
     category = r.string()
     parts = np.frombuffer(r.take(16 * n_off), "<i8").tolist()
-    ids = [r.string() for _ in range(n_items)]
-    vals = np.frombuffer(r.take(8 * n_items), "<f4").reshape(-1, 2).astype(np.float32).tolist()
+    if fmt == 1:  # each id behind its own uint16 length
+        raw = [r.string().encode() for _ in range(n_items)]
+    else:
+        lens, blob = r.strs_raw(n_items)
+        raw = _split(blob, lens)
+    vals = np.frombuffer(r.take(8 * n_items), "<f4").reshape(-1, 2).astype(np.float32)
     r.done()
     return CategoryTrend(
         category=category,
         t_ref=t_ref if flags & _T_TREF else None,
-        items=dict(zip(ids, vals, strict=True)),
+        items=Sums(_texts(raw), vals, raw),
         offsets=dict(zip(parts[:n_off], parts[n_off:], strict=True)),
         half_lives=(hs, hl),
     )

@@ -3,8 +3,11 @@
 Both keep sums of decayed event weights *scaled to* a reference time ``t_ref`` (the newest
 event time applied): ``S(t) = S(t_ref) * 2**(-(t - t_ref)/H)``. Because decay composes, a
 batch moves ``t_ref`` once with one rescale, a late event adds its already-decayed weight,
-and any arrival order gives the formula's numbers (CONTRACT section 2). The functions
-here are that arithmetic once, for both aggregations.
+and any arrival order gives the formula's numbers (CONTRACT section 2). The functions here
+are that arithmetic once, for both aggregations, over a whole batch of groups (users or
+categories) at a time: :func:`decayed_batch` computes every event's decayed weight and every
+group's rescale factor with one call per horizon, :func:`accumulate` applies them to every
+group's :class:`Sums` with one multiply and one grouped sum.
 
 Values at rest are float32 ``[short, long]`` pairs; a fold computes in float64 and rounds
 once at its end, so what is in memory is exactly what is on disk.
@@ -12,30 +15,22 @@ once at its end, so what is in memory is exactly what is on disk.
 
 from __future__ import annotations
 
-import heapq
-from array import array
-from collections.abc import Iterable
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
 
 SHORT, LONG = 0, 1
 HORIZONS = (SHORT, LONG)
 DEFAULT_HALF_LIVES = (1_800_000, 604_800_000)  # 30 minutes, 7 days
-
-Pair = list[float]  # [short, long]
-
-
-def round32(values: list[float]) -> list[float]:
-    """Round Python floats to the nearest float32 (what the state stores at rest)."""
-    return array("f", values).tolist()
+NO_TIME = np.iinfo(np.int64).min  # the reference time of a group without events
+_EMPTY = np.zeros((0, 2), np.float32)
 
 
-def rescale_factors(
-    t_ref: int | None, t_new: int, half_lives: tuple[int, int]
-) -> tuple[float, float]:
-    """(short, long) factors moving sums scaled to ``t_ref`` forward to ``t_new >= t_ref``."""
-    if t_ref is None or t_ref == t_new:
-        return 1.0, 1.0
-    dt = t_new - t_ref
-    return 2.0 ** (-dt / half_lives[SHORT]), 2.0 ** (-dt / half_lives[LONG])
+def starts(sizes: np.ndarray) -> np.ndarray:
+    """Offsets of consecutive groups of these sizes (one more than the groups: the end)."""
+    start = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=start[1:])
+    return start
 
 
 def read_factor(t_ref: int | None, half_life: int, t: int | None) -> float:
@@ -49,59 +44,146 @@ def read_factor(t_ref: int | None, half_life: int, t: int | None) -> float:
     return 2.0 ** (-(t - t_ref) / half_life)
 
 
-def newest(t_ref: int | None, times: Iterable[int]) -> int:
-    """The reference time after a batch: max of ``t_ref`` and the batch's event times."""
-    t_new = max(times)
-    return t_new if t_ref is None or t_new > t_ref else t_ref
+def decayed_batch(
+    t_old: np.ndarray, group: np.ndarray, ts: np.ndarray, weight: np.ndarray, half: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arithmetic of one fold of many groups at once.
+
+    ``t_old[g]`` is group g's t_ref (NO_TIME: none yet), ``group[i]``/``ts[i]``/``weight[i]``
+    event i's group, time and weight, ``half[g]`` the group's (short, long) half-lives.
+    Returns each group's new t_ref (the newest of t_old and its events), each event's
+    [short, long] weight decayed to its group's new t_ref, and each group's rescale factors
+    from the old t_ref to the new one."""
+    t_new = t_old.copy()
+    np.maximum.at(t_new, group, ts)
+    age = (t_new[group] - ts).astype(np.float64)
+    adds = np.stack([weight, weight], axis=1).astype(np.float64)
+    aged = age != 0  # an event at t_new adds its weight as it is
+    adds[aged] *= np.exp2(-age[aged, None] / half[group[aged]])
+    factors = np.ones((len(t_old), 2), np.float64)
+    moved = (t_old != NO_TIME) & (t_new != t_old)
+    factors[moved] = np.exp2(-(t_new - t_old)[moved, None] / half[moved])
+    return t_new, adds, factors
 
 
-def decayed(weight: float, age: int, half_lives: tuple[int, int]) -> tuple[float, float]:
-    """(short, long) contribution at t_new of an event ``age`` ms older than t_new."""
-    if not age:
-        return weight, weight
-    return weight * 2.0 ** (-age / half_lives[SHORT]), weight * 2.0 ** (-age / half_lives[LONG])
+class Sums(Mapping[str, list[float]]):
+    """Keys -> [short, long] sums scaled to t_ref: a key column and a (n, 2) float32 array.
+
+    The arrays are what the folds and the ranking use; the Mapping view (values as lists of
+    Python floats) serves readers that want one key at a time. ``raw`` keeps each key's
+    UTF-8 bytes so that encoding is a join, not an encode per key.
+    """
+
+    __slots__ = ("_index", "ids", "ids_gen", "keys_", "raw", "vals")
+
+    def __init__(
+        self,
+        keys: list[str] | None = None,
+        vals: np.ndarray | None = None,
+        raw: list[bytes] | None = None,
+    ) -> None:
+        self.keys_: list[str] = keys if keys is not None else []
+        self.vals: np.ndarray = vals if vals is not None else _EMPTY
+        self.raw: list[bytes] = raw if raw is not None else [k.encode() for k in self.keys_]
+        self._index: dict[str, int] | None = None
+        # interned ids of the keys (stream.core.vocab), filled and checked by the ranking
+        self.ids: list[int] | None = None
+        self.ids_gen: tuple[int, int] | None = None
+
+    # -- the Mapping view
+    def __getitem__(self, key: str) -> list[float]:
+        return self.vals[self.index[key]].tolist()
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.index
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
+
+    @property
+    def index(self) -> dict[str, int]:
+        """key -> row, built on first use and kept up to date by the folds."""
+        if self._index is None:
+            self._index = {k: n for n, k in enumerate(self.keys_)}
+        return self._index
+
+    def add_key(self, key: str) -> int:
+        """Append a key (its values are added by the caller); returns its row."""
+        row = len(self.keys_)
+        self.index[key] = row
+        self.keys_.append(key)
+        self.raw.append(key.encode())
+        return row
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only these rows (ascending), in their order."""
+        sel = rows.tolist()
+        ids = self.ids
+        if ids is not None:  # ids may lag behind the keys (filled lazily): then start over
+            self.ids = [ids[n] for n in sel] if len(ids) == len(self.keys_) else None
+        self.keys_ = [self.keys_[n] for n in sel]
+        self.raw = [self.raw[n] for n in sel]
+        self.vals = self.vals[rows]
+        self._index = None
 
 
-def add_pair(acc: dict[str, Pair], key: str, a: float, b: float) -> None:
-    """acc[key] += [a, b] (a new key starts at [a, b])."""
-    pair = acc.get(key)
-    if pair is None:
-        acc[key] = [a, b]
-    else:
-        pair[0] += a
-        pair[1] += b
+def accumulate(
+    tables: Sequence[Sums],
+    touched: np.ndarray,
+    group: np.ndarray,
+    rows: np.ndarray,
+    adds: np.ndarray,
+    factors: np.ndarray,
+) -> None:
+    """tables = round32(tables * their group's factor + the adds of their rows), at once.
+
+    ``tables[n]`` belongs to group ``touched[n]``; event i adds ``adds[i]`` to row
+    ``rows[i]`` (-1: nothing) of its group's table. All the tables' rows go into one float64
+    array (new keys as zero rows), which is rescaled by one multiply and summed into by one
+    grouped sum per horizon, then rounded and cut back into per-table arrays."""
+    sizes = np.array([len(t.keys_) for t in tables], np.int64)
+    start = starts(sizes)
+    pieces: list[np.ndarray] = []
+    for t, size in zip(tables, sizes.tolist(), strict=True):
+        pieces.append(t.vals)
+        grown = size - len(t.vals)
+        if grown:
+            pieces.append(np.zeros((grown, 2), np.float32))
+    big = np.concatenate(pieces).astype(np.float64) if pieces else np.zeros((0, 2))
+    big *= np.repeat(factors[touched], sizes, axis=0)
+    slot = np.full(len(factors), -1, np.int64)
+    slot[touched] = np.arange(len(touched))
+    ok = rows >= 0
+    at = start[slot[group[ok]]] + rows[ok]
+    total = len(big)
+    big[:, SHORT] += np.bincount(at, weights=adds[ok, SHORT], minlength=total)
+    big[:, LONG] += np.bincount(at, weights=adds[ok, LONG], minlength=total)
+    small = big.astype(np.float32)
+    for n, t in enumerate(tables):
+        t.vals = small[start[n] : start[n + 1]].copy()  # a copy: no table pins the batch
 
 
-def merge(kept: dict[str, Pair], adds: dict[str, Pair], fs: float, fl: float) -> None:
-    """kept = round32(kept * factor + adds); only the added keys when t_ref did not move."""
-    if fs == 1.0 and fl == 1.0:
-        for k, add in adds.items():
-            v = kept.get(k)
-            kept[k] = round32(add if v is None else [v[0] + add[0], v[1] + add[1]])
-        return
-    # the rescale touches every kept entry; one float32 rounding pass over all of them
-    # (a plain loop: cheaper than numpy's conversions at these sizes, same IEEE operations)
-    flat: list[float] = []
-    put = flat.extend
-    add_of = adds.get
-    for k, v in kept.items():
-        a = add_of(k)
-        put((v[0] * fs, v[1] * fl) if a is None else (v[0] * fs + a[0], v[1] * fl + a[1]))
-    keys = list(kept)
-    for k, a in adds.items():
-        if k not in kept:
-            keys.append(k)
-            put((a[0], a[1]))
-    rounded = array("f", flat).tolist()
-    kept.clear()
-    kept.update(zip(keys, (rounded[i : i + 2] for i in range(0, len(rounded), 2)), strict=True))
-
-
-def strongest(kept: dict[str, Pair], n: int) -> dict[str, Pair]:
-    """The n entries with the largest long-horizon value (ties: by key), as a new dict.
+def strongest_rows(table: Sums, n: int) -> np.ndarray:
+    """Rows of the n largest long-horizon sums (ties: the larger key), ascending.
 
     Everything is scaled to the same t_ref, so this ranks exactly as the strengths at any
-    time, and the survivors do not depend on arrival order.
-    """
-    best = heapq.nlargest(n, kept.items(), key=lambda kv: (kv[1][LONG], kv[0]))
-    return dict(best)
+    time, and the survivors do not depend on arrival order."""
+    long = table.vals[:, LONG]
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    if n >= len(long):
+        return np.arange(len(long))
+    kth = np.partition(long, len(long) - n)[len(long) - n]
+    above = np.flatnonzero(long > kth)
+    tied = np.flatnonzero(long == kth).tolist()
+    need = n - len(above)
+    if need < len(tied):
+        keys = table.keys_
+        tied = sorted(tied, key=lambda r: keys[r], reverse=True)[:need]
+    return np.sort(np.concatenate([above, np.asarray(tied, np.int64)]))

@@ -28,6 +28,12 @@ import orjson
 
 from stream.core.types import Event, EventBatch, Rejection, RejectReason
 
+# the reasons a record's value alone gives (the pipeline adds beyond_dedup_retention and
+# unprocessable)
+PARSE_REASONS = frozenset(RejectReason) - {
+    RejectReason.beyond_dedup_retention,
+    RejectReason.unprocessable,
+}
 MAX_ID_CHARS = 128
 DWELL_UNIT_MS = 10_000.0
 DWELL_MIN_FACTOR = 0.1

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.core.decay import LONG, SHORT
+from stream.core.decay import LONG, SHORT, starts
 from stream.core.interest import UserState
 from stream.core.trending import TrendEntry
 from stream.core.types import Candidate
@@ -200,11 +200,11 @@ def gather(
         item_bought=np.fromiter(
             itertools.chain.from_iterable(s.items.bought for s in states), bool, len(item_id)
         ),
-        item_start=_starts(n_items),
+        item_start=starts(n_items),
         cat_user=cat_user,
         cat_id=cat_id,
         cat_vals=_stack([s.categories.vals for s in states]),
-        cat_start=_starts(n_cats),
+        cat_start=starts(n_cats),
         item_keys=item_keys[item_order],
         item_rows=item_order,
         cat_keys=cat_keys[cat_order],
@@ -214,12 +214,6 @@ def gather(
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 2))
-
-
-def _starts(sizes: np.ndarray) -> np.ndarray:
-    start = np.zeros(len(sizes) + 1, np.int64)
-    np.cumsum(sizes, out=start[1:])
-    return start
 
 
 def _per_user(values: np.ndarray, start: np.ndarray, how: str) -> np.ndarray:
@@ -339,9 +333,11 @@ def components(
     global_top: Sequence[tuple[str, str | None, float]] = (),
     t: int | None = None,
     vocab: Vocabulary = VOCABULARY,
+    cols: UserColumns | None = None,
 ) -> Components:
-    """:func:`components_of` for one user's candidates, read at t >= t_ref."""
-    cols = gather([state], [t], vocab)
+    """:func:`components_of` for one user's candidates, read at t >= t_ref (``cols``: the
+    user's columns already gathered for that time)."""
+    cols = cols if cols is not None else gather([state], [t], vocab)
     item = np.asarray(vocab.items.of([c.item_id for c in candidates]), np.int64)
     cat = np.asarray(
         [vocab.categories.id(c.category) if c.category is not None else -1 for c in candidates],

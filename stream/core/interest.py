@@ -26,13 +26,23 @@ far inside the contract's 1e-4.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from hashlib import blake2b
 
 import numpy as np
 
-from stream.core.decay import DEFAULT_HALF_LIVES, LONG, SHORT, read_factor
+from stream.core.decay import (
+    DEFAULT_HALF_LIVES,
+    LONG,
+    NO_TIME,
+    SHORT,
+    Sums,
+    accumulate,
+    decayed_batch,
+    read_factor,
+    strongest_rows,
+)
+from stream.core.dedup import FRESH, SeenIds
 from stream.core.types import Event, EventBatch, ItemVectors
 
 __all__ = [
@@ -49,8 +59,6 @@ __all__ = [
 ]
 
 PURCHASE_TYPE = "purchase"
-DIGEST_BYTES = 6  # per remembered event id; see the README for the collision arithmetic
-_EMPTY = np.zeros((0, 2), np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,74 +69,6 @@ class InterestConfig:
     half_life_long_ms: int = DEFAULT_HALF_LIVES[1]
     max_categories: int = 64
     max_items: int = 100
-    dedup_window: int = 64
-
-
-class Sums(Mapping[str, list[float]]):
-    """Keys -> [short, long] sums scaled to t_ref: a key column and a (n, 2) float32 array.
-
-    The arrays are what the fold and the ranking use; the Mapping view (values as lists of
-    Python floats) serves readers that want one key at a time. ``raw`` keeps each key's
-    UTF-8 bytes so that encoding a state is a join, not an encode per key.
-    """
-
-    __slots__ = ("_index", "ids", "ids_gen", "keys_", "raw", "vals")
-
-    def __init__(
-        self,
-        keys: list[str] | None = None,
-        vals: np.ndarray | None = None,
-        raw: list[bytes] | None = None,
-    ) -> None:
-        self.keys_: list[str] = keys if keys is not None else []
-        self.vals: np.ndarray = vals if vals is not None else _EMPTY
-        self.raw: list[bytes] = raw if raw is not None else [k.encode() for k in self.keys_]
-        self._index: dict[str, int] | None = None
-        # interned ids of the keys (stream.core.vocab), filled and checked by the ranking
-        self.ids: list[int] | None = None
-        self.ids_gen: tuple[int, int] | None = None
-
-    # -- the Mapping view
-    def __getitem__(self, key: str) -> list[float]:
-        return self.vals[self.index[key]].tolist()
-
-    def __len__(self) -> int:
-        return len(self.keys_)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys_)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.index
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({dict(self.items())!r})"
-
-    @property
-    def index(self) -> dict[str, int]:
-        """key -> row, built on first use and kept up to date by the fold."""
-        if self._index is None:
-            self._index = {k: n for n, k in enumerate(self.keys_)}
-        return self._index
-
-    def add_key(self, key: str) -> int:
-        """Append a key (its values are added by the caller); returns its row."""
-        row = len(self.keys_)
-        self.index[key] = row
-        self.keys_.append(key)
-        self.raw.append(key.encode())
-        return row
-
-    def keep(self, rows: np.ndarray) -> None:
-        """Keep only these rows (ascending), in their order."""
-        sel = rows.tolist()
-        ids = self.ids
-        if ids is not None:  # ids may lag behind the keys (filled lazily): then start over
-            self.ids = [ids[n] for n in sel] if len(ids) == len(self.keys_) else None
-        self.keys_ = [self.keys_[n] for n in sel]
-        self.raw = [self.raw[n] for n in sel]
-        self.vals = self.vals[rows]
-        self._index = None
 
 
 class ItemSums(Sums):
@@ -195,8 +135,9 @@ class UserState:
 
     ``categories`` and ``items`` hold ``[short, long]`` sums scaled to ``t_ref`` (float32).
     ``vectors`` is ``(2, dim)`` float32, also scaled to ``t_ref``, or None while no model is
-    loaded.  Dedup information (``offsets``, ``recent_ids``) lives here, in the same value
-    as what it protects, so a state and its dedup record can never be written apart.
+    loaded.  ``offsets`` (the highest applied offset per source partition) lives here, in the
+    same value as what it protects, so a state and its replay record are written together;
+    event ids are remembered apart (stream.core.dedup), for a window of event time.
     """
 
     user_id: str
@@ -208,7 +149,6 @@ class UserState:
     type_counts: dict[str, int] = field(default_factory=dict)
     events_applied: int = 0
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest applied offset
-    recent_ids: dict[int, None] = field(default_factory=dict)  # 48-bit id digests, oldest first
     last_event_kafka_ts: int | None = None
     half_lives: tuple[int, int] = DEFAULT_HALF_LIVES  # (short, long) the sums were built with
 
@@ -235,8 +175,6 @@ class UserState:
             other.last_event_kafka_ts,
             other.half_lives,
         ):
-            return False
-        if list(self.recent_ids) != list(other.recent_ids):
             return False
         if not _same_array(self.vectors, other.vectors):
             return False
@@ -271,15 +209,6 @@ def new_state(user_id: str, config: InterestConfig | None = None) -> UserState:
     return state
 
 
-def id_digest(event_id: str) -> int:
-    """48-bit digest of an event id: the dedup window stores these, not the ids.
-
-    A fresh event is wrongly taken for a duplicate with probability window / 2**48
-    (2.3e-13 at the default 64), which buys 128 bytes per user over 8-byte digests.
-    """
-    return int.from_bytes(blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest(), "little")
-
-
 # --------------------------------------------------------------------------- fold
 
 
@@ -291,23 +220,37 @@ def fold(
     vectors: ItemVectors | None = None,
     positions: Sequence[tuple[int, int]] | None = None,
     kafka_ts: Sequence[int] | None = None,
+    seen: SeenIds | None = None,
 ) -> FoldResult:
-    """Apply one user's events to ``state`` in place (:func:`fold_batch` for one user)."""
-    n = len(events)
+    """Apply one user's events to ``state`` in place (:func:`fold_batch` for one user);
+    with ``seen``, event ids already applied are skipped (stream.core.dedup)."""
+    batch = EventBatch.of(list(events))
     sources = offsets = None
     if positions is not None:
         sources = [p for p, _ in positions]
         offsets = [o for _, o in positions]
-    return fold_batch(
+    duplicates = 0
+    if seen is not None:
+        verdict = seen.check(batch.user_id, batch.event_id, batch.ts, sources, offsets)
+        picks = np.flatnonzero(verdict == FRESH).tolist()
+        duplicates = len(events) - len(picks)
+        batch = batch.take(picks)
+        sources = [sources[i] for i in picks] if sources is not None else None
+        offsets = [offsets[i] for i in picks] if offsets is not None else None
+        kafka_ts = [kafka_ts[i] for i in picks] if kafka_ts is not None else None
+    result = fold_batch(
         [state],
-        EventBatch.of(list(events)),
-        np.zeros(n, np.int64),
+        batch,
+        np.zeros(len(batch), np.int64),
         config,
         vectors=vectors,
         sources=sources,
         offsets=offsets,
         kafka_ts=kafka_ts,
     )
+    if duplicates:
+        return FoldResult(result.applied, result.duplicates + duplicates, result.applied_by_type)
+    return result
 
 
 def fold_batch(
@@ -321,12 +264,13 @@ def fold_batch(
     offsets: Sequence[int] | None = None,
     kafka_ts: Sequence[int] | None = None,
 ) -> FoldResult:
-    """Apply a batch of events of many users to their states in place, skipping duplicates.
+    """Apply a batch of events of many users to their states in place, skipping replays.
 
     ``users[i]`` is the index in ``states`` of event ``i``'s user. Events of one user must
     come in offset order. ``sources[i]``/``offsets[i]`` say where event ``i`` was read
     from: an offset at or below the highest already applied for that source is a replay
-    and is skipped. ``kafka_ts[i]`` is its record timestamp (for the latency metric).
+    and is skipped. (Event ids re-sent at new offsets are the caller's to filter first:
+    stream.core.dedup.) ``kafka_ts[i]`` is its record timestamp (for the latency metric).
     When ``vectors`` is a different model than a state's vectors, the state is first
     re-based on it; with ``vectors=None`` states keep no vector.
     """
@@ -334,7 +278,7 @@ def fold_batch(
         _align_model(state, vectors)
         _align_half_lives(state, config)
     users = np.asarray(users, np.int64)
-    fresh = _dedup(states, batch, users, config.dedup_window, sources, offsets)
+    fresh = _replays(states, users, sources, offsets)
     keep = np.flatnonzero(fresh)
     applied = np.bincount(users[keep], minlength=len(states))
     by_type: dict[str, int] = {}
@@ -361,41 +305,24 @@ def _align_half_lives(state: UserState, config: InterestConfig) -> None:
         state.half_lives = hl
 
 
-def _dedup(
+def _replays(
     states: Sequence[UserState],
-    batch: EventBatch,
     users: np.ndarray,
-    window: int,
     sources: Sequence[int] | None,
     offsets: Sequence[int] | None,
 ) -> np.ndarray:
-    """Which events to apply: not a replayed offset and not a recent event id."""
-    fresh = np.ones(len(batch), bool)
-    event_ids = batch.event_id
-    for i, u in enumerate(users.tolist()):
-        state = states[u]
-        if sources is not None and offsets is not None:
-            p, o = sources[i], offsets[i]
-            done = state.offsets.get(p)
-            if done is not None and o <= done:
-                fresh[i] = False
-                continue
-            state.offsets[p] = o
-        if window > 0:
-            recent = state.recent_ids
-            h = id_digest(event_ids[i])
-            if h in recent:
-                fresh[i] = False
-                continue
-            recent[h] = None
-            if len(recent) > window:
-                del recent[next(iter(recent))]
-    for state in states:
-        recent = state.recent_ids
-        if window <= 0:
-            recent.clear()
-        while len(recent) > window > 0:  # the window setting shrank
-            del recent[next(iter(recent))]
+    """Which events to apply: not at or below the highest offset applied from its source
+    (a replay after a crash or a rebalance)."""
+    fresh = np.ones(len(users), bool)
+    if sources is None or offsets is None:
+        return fresh
+    for i, (u, p, o) in enumerate(zip(users.tolist(), sources, offsets, strict=True)):
+        known = states[u].offsets
+        done = known.get(p)
+        if done is not None and o <= done:
+            fresh[i] = False
+        else:
+            known[p] = o
     return fresh
 
 
@@ -410,22 +337,9 @@ def _apply(
 ) -> None:
     """One rescale to each user's new t_ref, then every event adds its decayed weight."""
     u = users[keep]
-    ts = batch.ts[keep]
-    t_old = np.array(
-        [s.t_ref if s.t_ref is not None else np.iinfo(np.int64).min for s in states], np.int64
-    )
-    t_new = t_old.copy()
-    np.maximum.at(t_new, u, ts)
+    t_old = np.array([NO_TIME if s.t_ref is None else s.t_ref for s in states], np.int64)
     half = np.array([s.half_lives for s in states], np.float64)  # (users, 2)
-    age = (t_new[u] - ts).astype(np.float64)
-    w = batch.weight[keep]
-    adds = np.stack([w, w], axis=1)
-    aged = age != 0  # an event at t_new adds its weight as it is (no 2**-0 rounding)
-    adds[aged] *= np.exp2(-age[aged, None] / half[u[aged]])
-    factors = np.ones((len(states), 2), np.float64)
-    moved = t_old != np.iinfo(np.int64).min
-    moved &= t_new != t_old
-    factors[moved] = np.exp2(-(t_new - t_old)[moved, None] / half[moved])
+    t_new, adds, factors = decayed_batch(t_old, u, batch.ts[keep], batch.weight[keep], half)
     cats = batch.category
     items = batch.item_id
     rows_cat = np.empty(len(keep), np.int64)
@@ -452,49 +366,13 @@ def _apply(
         if purchase[i]:
             table.bought[row] = True
     tl = touched.tolist()
-    _accumulate([states[x].categories for x in tl], touched, u, rows_cat, adds, factors)
+    accumulate([states[x].categories for x in tl], touched, u, rows_cat, adds, factors)
     if track:
-        _accumulate([states[x].items for x in tl], touched, u, rows_item, adds, factors)
+        accumulate([states[x].items for x in tl], touched, u, rows_item, adds, factors)
     if vectors is not None:
         _add_vectors(states, touched, u, [items[i] for i in keep.tolist()], adds, factors, vectors)
     for x in tl:
         states[x].t_ref = int(t_new[x])
-
-
-def _accumulate(
-    tables: list[Sums],
-    touched: np.ndarray,
-    u: np.ndarray,
-    rows: np.ndarray,
-    adds: np.ndarray,
-    factors: np.ndarray,
-) -> None:
-    """tables = round32(tables * their user's factor + the adds of their rows), at once.
-
-    All touched users' rows go into one float64 array (new keys as zero rows), which is
-    rescaled by one multiply and summed into by one grouped sum per horizon, then rounded
-    and cut back into per-user arrays."""
-    sizes = np.array([len(t.keys_) for t in tables], np.int64)
-    start = np.zeros(len(tables) + 1, np.int64)
-    np.cumsum(sizes, out=start[1:])
-    pieces: list[np.ndarray] = []
-    for t, size in zip(tables, sizes.tolist(), strict=True):
-        pieces.append(t.vals)
-        grown = size - len(t.vals)
-        if grown:
-            pieces.append(np.zeros((grown, 2), np.float32))
-    big = np.concatenate(pieces).astype(np.float64) if pieces else np.zeros((0, 2))
-    big *= np.repeat(factors[touched], sizes, axis=0)
-    slot = np.full(len(factors), -1, np.int64)
-    slot[touched] = np.arange(len(touched))
-    ok = rows >= 0
-    at = start[slot[u[ok]]] + rows[ok]
-    total = len(big)
-    big[:, SHORT] += np.bincount(at, weights=adds[ok, SHORT], minlength=total)
-    big[:, LONG] += np.bincount(at, weights=adds[ok, LONG], minlength=total)
-    small = big.astype(np.float32)
-    for n, t in enumerate(tables):
-        t.vals = small[start[n] : start[n + 1]].copy()  # a copy: no state pins the batch
 
 
 def _add_vectors(
@@ -557,23 +435,6 @@ def _bound(state: UserState, config: InterestConfig) -> None:
     ):
         if len(table) > limit:
             table.keep(strongest_rows(table, limit))
-
-
-def strongest_rows(table: Sums, n: int) -> np.ndarray:
-    """Rows of the n largest long-horizon sums (ties: the larger key), ascending."""
-    long = table.vals[:, LONG]
-    if n <= 0:
-        return np.zeros(0, np.int64)
-    if n >= len(long):
-        return np.arange(len(long))
-    kth = np.partition(long, len(long) - n)[len(long) - n]
-    above = np.flatnonzero(long > kth)
-    tied = np.flatnonzero(long == kth).tolist()
-    need = n - len(above)
-    if need < len(tied):
-        keys = table.keys_
-        tied = sorted(tied, key=lambda r: keys[r], reverse=True)[:need]
-    return np.sort(np.concatenate([above, np.asarray(tied, np.int64)]))
 
 
 # --------------------------------------------------------------------------- reads

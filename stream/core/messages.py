@@ -8,8 +8,8 @@ the worker.
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from stream.core.decay import LONG, SHORT
@@ -17,6 +17,7 @@ from stream.core.interest import UserState, top_categories
 from stream.core.types import Recommended, Rejection
 
 INTERESTS_PER_HORIZON = 10
+DLQ_MAX_ORIGINAL_BYTES = 16 * 1024  # of a rejected value carried by its dead letter
 
 
 def now_ms() -> int:
@@ -45,40 +46,62 @@ def item_entry(rec: Recommended) -> dict[str, Any]:
 
 def build_message(
     state: UserState,
-    items: Iterable[Recommended],
+    items: list[dict[str, Any]],
     *,
     version: int,
     model_version: str | None,
     generated_at: int | None = None,
+    interests_now: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """One recommendation message exactly as CONTRACT section 3 defines it."""
+    """One recommendation message exactly as CONTRACT section 3 defines it.
+
+    ``items`` are entries in message form (a ranked batch's ``entries``, or
+    :func:`item_entry` of Recommended); ``interests_now`` the user's interests when the
+    ranking batch computed them."""
     return {
         "user_id": state.user_id,
         "version": version,
         "generated_at": generated_at if generated_at is not None else now_ms(),
         "as_of": state.t_ref,
         "model_version": model_version,
-        "items": [item_entry(r) for r in items],
-        "interests": interests(state),
+        "items": items,
+        "interests": interests_now if interests_now is not None else interests(state),
         "events_applied": state.events_applied,
     }
 
 
 def dead_letter(
-    rejection: Rejection, *, topic: str, partition: int, offset: int, value: bytes | None
+    rejection: Rejection,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    value: bytes | None,
+    max_original: int = DLQ_MAX_ORIGINAL_BYTES,
 ) -> dict[str, Any]:
-    """A rejected record as the dead-letter topic carries it; ``original`` is the raw value
-    as text, base64 when it is not UTF-8."""
+    """A rejected record as the dead-letter topic carries it.
+
+    ``original`` is the raw value as text (base64 when it is not UTF-8), cut to its first
+    ``max_original`` bytes so that a dead letter always fits where the original came from;
+    ``original_bytes`` and ``original_sha256`` identify the whole value, and
+    ``original_truncated`` says whether it was cut."""
     raw = value or b""
+    kept = raw[:max_original]
     try:
-        original = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        original = base64.b64encode(raw).decode("ascii")
+        original = kept.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(kept) < len(raw) and exc.start >= len(kept) - 3:  # a character cut in two
+            original = kept[: exc.start].decode("utf-8", "replace")
+        else:
+            original = base64.b64encode(kept).decode("ascii")
     return {
         "reason": str(rejection.reason),
-        "detail": rejection.detail,
+        "detail": rejection.detail[:1000],
         "topic": topic,
         "partition": partition,
         "offset": offset,
         "original": original,
+        "original_bytes": len(raw),
+        "original_sha256": hashlib.sha256(raw).hexdigest(),
+        "original_truncated": len(kept) < len(raw),
     }

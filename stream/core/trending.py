@@ -3,10 +3,10 @@
 For a category ``c`` and horizon half-life ``H`` the trending score of an item ``i`` at time
 ``t`` is ``T_i(t) = sum_e w_e * 2**(-(t - ts_e)/H)`` over every user's applied events on ``i``
 (CONTRACT section 2's formula, summed over users instead of over one user's events).  The
-arithmetic is the user state's, imported from :mod:`stream.core.interest` rather than re-written:
-sums are kept scaled to ``t_ref`` (the newest event time applied), a batch moves ``t_ref`` with
-one rescale, and a late event simply adds its already-decayed weight, so any arrival order
-gives the same numbers.
+arithmetic is the user state's (stream.core.decay): sums are kept scaled to ``t_ref`` (the
+newest event time applied), a batch moves ``t_ref`` with one rescale, and a late event
+simply adds its already-decayed weight, so any arrival order gives the same numbers. Many
+categories are folded at once (:func:`fold_trends`), like many users.
 
 Bounded: the ``max_items`` strongest items by long-horizon sum are kept per category (ties
 by id, so the survivors do not depend on arrival order either).  Replays are dropped by
@@ -22,20 +22,38 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from stream.core.decay import (
     DEFAULT_HALF_LIVES,
     LONG,
+    NO_TIME,
     SHORT,
-    Pair,
-    add_pair,
-    decayed,
-    merge,
-    newest,
+    Sums,
+    accumulate,
+    decayed_batch,
     read_factor,
-    rescale_factors,
-    strongest,
+    strongest_rows,
 )
-from stream.core.types import Event
+from stream.core.types import Event, EventBatch
+
+__all__ = [
+    "GLOBAL_TOP",
+    "LONG",
+    "SHORT",
+    "CategoryTrend",
+    "GlobalTrend",
+    "TrendConfig",
+    "TrendEntry",
+    "fold_trend",
+    "fold_trends",
+    "global_top",
+    "new_trend",
+    "snapshot",
+    "top_items",
+    "trend_parts",
+    "trend_strength",
+]
 
 GLOBAL_TOP = 100  # global trending items handed to the candidate generator (worker and replay)
 
@@ -55,16 +73,26 @@ class TrendConfig:
 
 @dataclass(slots=True)
 class CategoryTrend:
-    """One category's trending state: item -> [short, long] sums scaled to ``t_ref``.
-
-    Sums are kept like the user state's (stream.core.decay), scaled to ``t_ref``.
-    """
+    """One category's trending state: item -> [short, long] sums scaled to ``t_ref``."""
 
     category: str
     t_ref: int | None = None
-    items: dict[str, list[float]] = field(default_factory=dict)
+    items: Sums = field(default_factory=Sums)
     offsets: dict[int, int] = field(default_factory=dict)  # source partition -> highest offset
     half_lives: tuple[int, int] = DEFAULT_HALF_LIVES
+    version: int = 0  # in memory only: bumped by every fold, so readers can cache views
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CategoryTrend):
+            return NotImplemented
+        return (
+            (self.category, self.t_ref, self.offsets, self.half_lives)
+            == (other.category, other.t_ref, other.offsets, other.half_lives)
+            and self.items.keys_ == other.items.keys_
+            and self.items.vals.tobytes() == other.items.vals.tobytes()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 TrendEntry = CategoryTrend | Mapping[str, Any]
@@ -77,60 +105,81 @@ def new_trend(category: str, config: TrendConfig | None = None) -> CategoryTrend
     return trend
 
 
+def fold_trends(
+    trends: Sequence[CategoryTrend],
+    batch: EventBatch,
+    slots: np.ndarray,
+    config: TrendConfig,
+    *,
+    sources: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Add events to many categories' trends in place; returns the events applied per trend.
+
+    ``slots[i]`` is the index in ``trends`` of event ``i``'s category; ``sources[i]`` /
+    ``offsets[i]`` the (partition, offset) it was read from in the source (repartition)
+    topic: an offset at or below the highest applied one of that source is a replay."""
+    for trend in trends:
+        if trend.half_lives != config.half_lives:  # adopted as is, like the user state
+            trend.half_lives = config.half_lives
+    slots = np.asarray(slots, np.int64)
+    fresh = np.ones(len(slots), bool)
+    if sources is not None and offsets is not None:
+        for i, (g, p, o) in enumerate(zip(slots.tolist(), sources, offsets, strict=True)):
+            done = trends[g].offsets.get(p)
+            if done is not None and o <= done:
+                fresh[i] = False
+            else:
+                trends[g].offsets[p] = o
+    keep = np.flatnonzero(fresh)
+    applied = np.bincount(slots[keep], minlength=len(trends))
+    if not len(keep):
+        return applied
+    g = slots[keep]
+    t_old = np.array([NO_TIME if t.t_ref is None else t.t_ref for t in trends], np.int64)
+    half = np.array([t.half_lives for t in trends], np.float64)
+    t_new, adds, factors = decayed_batch(t_old, g, batch.ts[keep], batch.weight[keep], half)
+    items = batch.item_id
+    rows = np.empty(len(keep), np.int64)
+    for j, (i, gg) in enumerate(zip(keep.tolist(), g.tolist(), strict=True)):
+        table = trends[gg].items
+        row = table.index.get(items[i])
+        rows[j] = row if row is not None else table.add_key(items[i])
+    touched = np.flatnonzero(applied)
+    accumulate([trends[x].items for x in touched.tolist()], touched, g, rows, adds, factors)
+    for x in touched.tolist():
+        trend = trends[x]
+        trend.version += 1
+        trend.t_ref = int(t_new[x])
+        if len(trend.items) > config.max_items:
+            trend.items.keep(strongest_rows(trend.items, config.max_items))
+    return applied
+
+
 def fold_trend(
     trend: CategoryTrend,
     events: Sequence[Event],
     config: TrendConfig,
     positions: Sequence[tuple[int, int]] | None = None,
 ) -> int:
-    """Add the batch's fresh events on ``trend.category`` to it in place; returns how many.
+    """Add the fresh events on ``trend.category`` to it in place; returns how many.
 
-    ``positions[i]`` is the (partition, offset) event ``i`` was read from in the source
-    (repartition) topic: an offset at or below the highest applied one is a replay.
-    Events of another category are ignored, so a caller may pass a mixed batch.
-    """
-    fresh = _fresh(trend.offsets, events, positions, trend.category)
-    _fold_items(trend, fresh, config)
-    return len(fresh)
-
-
-def _fresh(
-    offsets: dict[int, int],
-    events: Sequence[Event],
-    positions: Sequence[tuple[int, int]] | None,
-    category: str | None,
-) -> list[Event]:
-    """The events to apply: the right category and not a replayed source offset."""
-    out: list[Event] = []
-    for i, ev in enumerate(events):
-        if category is not None and ev.category != category:
-            continue
-        if positions is not None:
-            p, o = positions[i]
-            done = offsets.get(p)
-            if done is not None and o <= done:
-                continue
-            offsets[p] = o
-        out.append(ev)
-    return out
-
-
-def _fold_items(trend: CategoryTrend, events: list[Event], config: TrendConfig) -> None:
-    """One rescale to the batch's newest time, then every event adds its decayed weight."""
-    if trend.half_lives != config.half_lives:  # adopted as is, like the user state
-        trend.half_lives = config.half_lives
-    if not events:
-        return
-    half_lives = trend.half_lives
-    t_new = newest(trend.t_ref, (ev.ts for ev in events))
-    adds: dict[str, Pair] = {}
-    for ev in events:
-        add_pair(adds, ev.item_id, *decayed(ev.weight, t_new - ev.ts, half_lives))
-    fs, fl = rescale_factors(trend.t_ref, t_new, half_lives)
-    merge(trend.items, adds, fs, fl)
-    trend.t_ref = t_new
-    if len(trend.items) > config.max_items:
-        trend.items = strongest(trend.items, config.max_items)
+    Events of another category are ignored, so a caller may pass a mixed batch."""
+    picks = [n for n, ev in enumerate(events) if ev.category == trend.category]
+    mine = [events[n] for n in picks]
+    sources = offsets = None
+    if positions is not None:
+        sources = [positions[n][0] for n in picks]
+        offsets = [positions[n][1] for n in picks]
+    applied = fold_trends(
+        [trend],
+        EventBatch.of(mine),
+        np.zeros(len(mine), np.int64),
+        config,
+        sources=sources,
+        offsets=offsets,
+    )
+    return int(applied[0])
 
 
 # --------------------------------------------------------------------------- reads
@@ -159,8 +208,12 @@ def top_items(
     """The n strongest items of the horizon at t, strongest first (ties: by id)."""
     t_ref, hls, items = trend_parts(entry)
     f = read_factor(t_ref, hls[horizon], t)
-    best = sorted(items.items(), key=lambda kv: (-kv[1][horizon], kv[0]))[: max(0, n)]
-    return [(i, float(v[horizon]) * f) for i, v in best]
+    if isinstance(entry, CategoryTrend):
+        pairs = zip(entry.items.keys_, entry.items.vals[:, horizon].tolist(), strict=True)
+    else:
+        pairs = ((i, float(v[horizon])) for i, v in items.items())
+    best = sorted(pairs, key=lambda kv: (-kv[1], kv[0]))[: max(0, n)]
+    return [(i, v * f) for i, v in best]
 
 
 def snapshot(trend: CategoryTrend, n: int | None = None) -> dict[str, Any]:
@@ -168,75 +221,16 @@ def snapshot(trend: CategoryTrend, n: int | None = None) -> dict[str, Any]:
 
     Readers get strengths at any t >= t_ref with :func:`trend_strength` / :func:`top_items`.
     """
-    items = trend.items if n is None or len(trend.items) <= n else strongest(trend.items, n)
+    table = trend.items
+    rows = np.arange(len(table)) if n is None or len(table) <= n else strongest_rows(table, n)
+    vals = table.vals[rows].astype(np.float64).tolist()
+    keys = table.keys_
     return {
         "category": trend.category,
         "t_ref": trend.t_ref,
         "half_lives": list(trend.half_lives),
-        "items": {i: [float(v[0]), float(v[1])] for i, v in items.items()},
+        "items": {keys[r]: v for r, v in zip(rows.tolist(), vals, strict=True)},
     }
-
-
-# --------------------------------------------------------------------------- ranked views
-
-EPS = 1e-12
-
-
-def two_horizon_rank(values: Mapping[str, Sequence[float]]) -> list[str]:
-    """Keys by the mean of the two horizons' max-normalised values, best first (ties: key).
-
-    Normalising per horizon keeps one burst (short) and steady interest (long) comparable;
-    the same rule orders the user's own items and a category's trending items.
-    """
-    if not values:
-        return []
-    ms = max(max(v[SHORT] for v in values.values()), EPS)
-    ml = max(max(v[LONG] for v in values.values()), EPS)
-    return sorted(values, key=lambda k: (-(values[k][SHORT] / ms + values[k][LONG] / ml), k))
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedTrend:
-    """What every user's ranking reads of one category's trending entry."""
-
-    t_ref: int | None
-    half_lives: tuple[int, int]
-    items: Mapping[str, Sequence[float]]
-    ranked: list[str]  # two_horizon_rank(items)
-    max_short: float  # the strongest item per horizon, at t_ref
-    max_long: float
-
-
-_PREPARED: dict[int, tuple[Any, PreparedTrend]] = {}
-
-
-def prepared(entry: TrendEntry) -> PreparedTrend:
-    """The entry's ranking and maxima, computed once per published snapshot.
-
-    Snapshots (dicts from the trending topic) are replaced, never changed, so they are
-    cached by identity; a CategoryTrend (evaluation folds into it in place) never is."""
-    if isinstance(entry, CategoryTrend):
-        return _prepare(entry)
-    hit = _PREPARED.get(id(entry))
-    if hit is not None and hit[0] is entry:
-        return hit[1]
-    view = _prepare(entry)
-    if len(_PREPARED) >= 8192:
-        _PREPARED.clear()
-    _PREPARED[id(entry)] = (entry, view)  # holding the entry keeps its id unique
-    return view
-
-
-def _prepare(entry: TrendEntry) -> PreparedTrend:
-    t_ref, hls, items = trend_parts(entry)
-    return PreparedTrend(
-        t_ref,
-        hls,
-        items,
-        two_horizon_rank(items),
-        max((v[SHORT] for v in items.values()), default=0.0),
-        max((v[LONG] for v in items.values()), default=0.0),
-    )
 
 
 # --------------------------------------------------------------------------- global
@@ -249,32 +243,53 @@ class GlobalTrend:
     so a fallback recommendation still says what it is.
     """
 
-    __slots__ = ("config", "item_categories", "trend")
+    __slots__ = ("_top", "config", "item_categories", "trend")
 
     def __init__(self, config: TrendConfig | None = None) -> None:
         self.config = config or TrendConfig()
         self.trend = new_trend("__all__", self.config)
         self.item_categories: dict[str, str] = {}
+        self._top: tuple[tuple[int, int, int | None, int], list[tuple[str, str | None, float]]]
+        self._top = ((-1, 0, None, 0), [])
 
     def fold(
         self, events: Sequence[Event], positions: Sequence[tuple[int, int]] | None = None
     ) -> int:
-        fresh = _fresh(self.trend.offsets, events, positions, None)
-        for ev in fresh:
-            if ev.category is not None:
+        before = dict(self.trend.offsets)
+        sources = offsets = None
+        if positions is not None:
+            sources = [p for p, _ in positions]
+            offsets = [o for _, o in positions]
+        applied = fold_trends(
+            [self.trend],
+            EventBatch.of(list(events)),
+            np.zeros(len(events), np.int64),
+            self.config,
+            sources=sources,
+            offsets=offsets,
+        )
+        for n, ev in enumerate(events):  # the fresh events' categories (a replay is not fresh)
+            if ev.category is not None and (
+                positions is None or positions[n][1] > before.get(positions[n][0], -1)
+            ):
                 self.item_categories[ev.item_id] = ev.category
-        _fold_items(self.trend, fresh, self.config)
-        if len(self.item_categories) > len(self.trend.items):
-            kept = self.trend.items
+        kept = self.trend.items
+        if len(self.item_categories) > 2 * len(kept):  # now and then: items fall out in bulk
             self.item_categories = {i: c for i, c in self.item_categories.items() if i in kept}
-        return len(fresh)
+        return int(applied[0])
 
     def top(
         self, n: int, t: int | None = None, horizon: int = LONG
     ) -> list[tuple[str, str | None, float]]:
         """(item, category, strength at t) of the n strongest items, strongest first."""
-        cats = self.item_categories
-        return [(i, cats.get(i), s) for i, s in top_items(self.trend, horizon, n, t)]
+        key = (self.trend.version, n, t, horizon)
+        if self._top[0] != key:  # readers ask again and again between folds
+            cats = self.item_categories
+            self._top = (
+                key,
+                [(i, cats.get(i), s) for i, s in top_items(self.trend, horizon, n, t)],
+            )
+        return self._top[1]
 
 
 def global_top(

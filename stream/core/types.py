@@ -29,6 +29,8 @@ class RejectReason(StrEnum):
     too_large = "too_large"  # value longer than max_bytes
     future_ts = "future_ts"  # event time more than max_future_ms ahead of now
     negative_value = "negative_value"  # dwell_ms < 0, quantity < 1, or ts < 0
+    beyond_dedup_retention = "beyond_dedup_retention"  # older than the id retention (dedup)
+    unprocessable = "unprocessable"  # handling the record failed, retries included
 
 
 class RecommendReason(StrEnum):

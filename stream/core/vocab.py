@@ -127,22 +127,25 @@ class TrendTables:
     """Prepared trending entries by category id, computed once per published snapshot.
 
     Snapshots (dicts from the trending topic) are replaced, never changed, so they are
-    cached by identity; a CategoryTrend (evaluation folds into it in place) is prepared
-    again at every call."""
+    cached by identity; a CategoryTrend (evaluation folds into it in place) by identity and
+    version (every fold bumps it)."""
 
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
-        self._cache: dict[int, tuple[Any, PreparedTrend]] = {}
+        self._cache: dict[int, tuple[Any, PreparedTrend, int]] = {}
 
     def prepare(self, category: str, entry: TrendEntry) -> PreparedTrend:
         gen = self.vocab.items.generation
-        if not isinstance(entry, CategoryTrend):
-            hit = self._cache.get(id(entry))
-            if hit is not None and hit[0] is entry and hit[1].generation == gen:
-                return hit[1]
+        stamp = entry.version if isinstance(entry, CategoryTrend) else 0
+        hit = self._cache.get(id(entry))
+        if hit is not None and hit[0] is entry and hit[1].generation == gen and hit[2] == stamp:
+            return hit[1]
         t_ref, hls, items = trend_parts(entry)
-        keys = list(items)
-        vals = np.asarray(list(items.values()), np.float64).reshape(-1, 2)
+        if isinstance(entry, CategoryTrend):
+            keys, vals = entry.items.keys_, entry.items.vals.astype(np.float64)
+        else:
+            keys = list(items)
+            vals = np.asarray(list(items.values()), np.float64).reshape(-1, 2)
         order = two_horizon_rank(keys, vals)
         ids = np.asarray(self.vocab.items.of(keys), np.int64)
         by_id = np.argsort(ids, kind="stable")
@@ -158,10 +161,9 @@ class TrendTables:
             max_long=float(vals[:, LONG].max()) if len(keys) else 0.0,
             generation=gen,
         )
-        if not isinstance(entry, CategoryTrend):
-            if len(self._cache) >= 8192:
-                self._cache.clear()
-            self._cache[id(entry)] = (entry, view)  # holding the entry keeps its id unique
+        if len(self._cache) >= 8192:
+            self._cache.clear()
+        self._cache[id(entry)] = (entry, view, stamp)  # holding the entry keeps its id unique
         return view
 
     def of(

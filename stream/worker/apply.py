@@ -23,13 +23,15 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from stream.core.dedup import BEYOND, DUPLICATE, FRESH
 from stream.core.events import EventParser
 from stream.core.interest import InterestConfig, UserState, fold_batch
 from stream.core.messages import dead_letter, now_ms
 from stream.core.scheduling import DirtyUsers
-from stream.core.types import EventBatch, ItemVectors, Rejection
+from stream.core.types import EventBatch, ItemVectors, Rejection, RejectReason
 from stream.worker import metrics
 from stream.worker.batch_consumer import high_water
+from stream.worker.dedup import DedupStore
 from stream.worker.rescore import PublishedLog
 from stream.worker.state_store import StateStore
 
@@ -75,6 +77,7 @@ class ApplyHandler:
         self,
         parser: Callable[[], EventParser],
         states: StateStore,
+        dedup: DedupStore,
         published: PublishedLog,
         dirty: DirtyUsers,
         producer: Producer,
@@ -88,6 +91,7 @@ class ApplyHandler:
     ) -> None:
         self.parser = parser
         self.states = states
+        self.dedup = dedup
         self.published = published
         self.dirty = dirty
         self.producer = producer
@@ -108,6 +112,7 @@ class ApplyHandler:
         for i, rejection in rejected:
             self.reject(rejection, records[i])
         routed = self._route(records, events, stamps)
+        duplicates = self._drop_known_ids(routed, records)
         result = fold_batch(
             routed.states,
             routed.events,
@@ -123,8 +128,8 @@ class ApplyHandler:
             self._forward_trending(routed)
         for type_, n in result.applied_by_type.items():
             metrics.EVENTS.labels(type=type_).inc(n)
-        if result.duplicates:
-            metrics.DUPLICATES.inc(result.duplicates)
+        if result.duplicates + duplicates:
+            metrics.DUPLICATES.inc(result.duplicates + duplicates)
         self.states.applied(high_water(records), len(records))
         if self.states.waiting >= self.flush_after:
             self.states.flush()
@@ -174,6 +179,34 @@ class ApplyHandler:
             offsets,
             kafka_ts,
         )
+
+    def _drop_known_ids(self, routed: _Routed, records: Sequence[Any]) -> int:
+        """Keep the events whose ids were not applied before (stream.core.dedup): an id
+        re-sent is a duplicate, an event older than the id retention is dead-lettered (unless
+        the settings apply it anyway). Returns the duplicates dropped."""
+        parts = [routed.partitions[s] for s in routed.slots.tolist()]
+        verdict = self.dedup.check(routed.events, parts, routed.sources, routed.offsets)
+        if not (verdict != FRESH).any():
+            return 0
+        for i in np.flatnonzero(verdict == BEYOND).tolist():
+            ts = int(routed.events.ts[i])
+            mark = self.dedup.watermark(parts[i])
+            self.reject(
+                Rejection(
+                    RejectReason.beyond_dedup_retention,
+                    f"event time {ts} is more than INTEREST_DEDUP_RETENTION_MS "
+                    f"({self.dedup.config.retention_ms} ms) before partition {parts[i]}'s "
+                    f"newest event time {mark}: its id can no longer be checked",
+                ),
+                records[int(routed.events.rows[i])],
+            )
+        keep = np.flatnonzero(verdict == FRESH).tolist()
+        routed.events = routed.events.take(keep)
+        routed.slots = routed.slots[keep]
+        routed.sources = [routed.sources[i] for i in keep]
+        routed.offsets = [routed.offsets[i] for i in keep]
+        routed.kafka_ts = [routed.kafka_ts[i] for i in keep]
+        return int((verdict == DUPLICATE).sum())
 
     def _mark(self, routed: _Routed, applied: np.ndarray) -> None:
         """States that changed are written at the next flush; users with events not yet

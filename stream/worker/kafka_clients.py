@@ -28,6 +28,8 @@ from stream.core.errors import Unreachable
 # default (CRC32) would place a user's events on a different partition than the state
 # table's changelog, so every confluent producer of ours uses murmur2.
 PARTITIONER = "murmur2_random"
+STATE_TABLE, TRENDS_TABLE, DEDUP_TABLE = "users", "trends", "dedup"
+TABLES = (STATE_TABLE, TRENDS_TABLE, DEDUP_TABLE)  # tables with their own changelog topic
 
 
 def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -127,7 +129,14 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, Mapping[str, str]]]:
         rekey_topic(settings): (n, {}),
         by_category_topic(settings): (n, {}),
         trending_topic(settings): (n, {"cleanup.policy": "compact"}),
+        # the tables' changelogs, made here so that Faust finds them at its first start
+        **{changelog_topic(settings, t): (n, {"cleanup.policy": "compact"}) for t in TABLES},
     }
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """Faust's name for a table's changelog topic."""
+    return f"{settings.app_id}-{table}-changelog"
 
 
 def rekey_topic(settings: Settings) -> str:

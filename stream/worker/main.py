@@ -10,6 +10,7 @@ delivered) stops the worker with one log line and a non-zero exit.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -25,11 +26,18 @@ import faust
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from models.serving import open_scorer
-from stream.config import Settings, event_parser, interest_config, trend_config
+from stream.config import (
+    Settings,
+    dedup_config,
+    event_parser,
+    interest_config,
+    trend_config,
+)
 from stream.core.errors import FatalError
 from stream.core.scheduling import DirtyUsers
 from stream.core.types import Scorer
 from stream.worker.apply import ApplyHandler, Topics
+from stream.worker.dedup import DedupStore
 from stream.worker.housekeeping import Expiry, Gauges, ModelTracker, PendingScan
 from stream.worker.kafka_clients import (
     by_category_topic,
@@ -39,7 +47,7 @@ from stream.worker.kafka_clients import (
     trending_topic,
 )
 from stream.worker.rescore import PublishedLog, Publisher, Ranker, Rescorer
-from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.state_store import StateStore, UserPartitioner
 from stream.worker.table_writer import PRODUCER_OPTIONS, TableWriter
 from stream.worker.topology import StreamApp, make_app
 from stream.worker.trends import TrendAggregator, TrendingFollower
@@ -51,6 +59,7 @@ RUNNING_MARKER = "worker.running"  # present while a worker uses the data direct
 FLUSH_AFTER_BATCHES = 20  # a flush at the latest when this many batches' records wait
 GAUGES_INTERVAL_S = 5.0
 EXPIRY_INTERVAL_S = 60.0
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Worker:
     follower: TrendingFollower
     executor: ThreadPoolExecutor
     states: StateStore
+    dedup: DedupStore
     published: PublishedLog
     dirty: DirtyUsers
     model: ModelTracker
@@ -122,11 +132,17 @@ def build(settings: Settings) -> Worker:
     follower = TrendingFollower(lambda: _snapshot_consumer(settings, topic)).start()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
     partition_of = UserPartitioner(settings.events_partitions)
-    contexts = PartitionContexts(settings.topic_events)
-    states = StateStore(
-        sa.states, sa.states.changelog_topic.get_topic_name(), writer, partition_of, contexts
+    dedup = DedupStore(
+        sa.dedup, sa.dedup.changelog_topic.get_topic_name(), writer, dedup_config(settings)
     )
-    published = PublishedLog(sa.published)
+    states = StateStore(
+        sa.states,
+        sa.states.changelog_topic.get_topic_name(),
+        writer,
+        partition_of,
+        companions=[dedup],
+    )
+    published = PublishedLog(sa.published, partition_of)
     dirty = DirtyUsers(base_backoff_s=settings.rescore_interval_ms / 1000)
     model = ModelTracker(scorer, lambda catalog: event_parser(settings, catalog))
 
@@ -136,6 +152,7 @@ def build(settings: Settings) -> Worker:
     apply = ApplyHandler(
         model.parser,
         states,
+        dedup,
         published,
         dirty,
         writer,
@@ -175,8 +192,7 @@ def build(settings: Settings) -> Worker:
         sa.trends,
         sa.trends.changelog_topic.get_topic_name(),
         writer,
-        contexts,
-        sa.trending,
+        topic,
         trend_config(settings),
     )
     scan = PendingScan(
@@ -203,6 +219,7 @@ def build(settings: Settings) -> Worker:
         follower,
         executor,
         states,
+        dedup,
         published,
         dirty,
         model,
@@ -240,10 +257,21 @@ def register(worker: Worker) -> None:
     app.batch_route(sa.events, guard.handler(worker.apply), acks=False)
     app.batch_route(sa.by_category, guard.handler(worker.trends.fold), acks=False)
 
-    async def rescore() -> None:
+    async def rescore_round() -> None:
         worker.states.flush()
         worker.scan.run()
         await worker.rescorer.rescore_dirty()
+
+    rescore_round_guarded = guard.timer(rescore_round, "rescoring failed; users stay dirty")
+
+    async def rescore_loop() -> None:
+        """A round every interval (a task, not a timer: a round that drains a backlog may
+        last longer than the interval without a timer piling up behind it)."""
+        interval = settings.rescore_interval_ms / 1000
+        while True:
+            started = time.monotonic()
+            await rescore_round_guarded()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def gauges() -> None:
         await worker.gauges.update()
@@ -252,12 +280,16 @@ def register(worker: Worker) -> None:
     async def expire() -> None:
         worker.expiry.run()
 
-    app.timer(settings.rescore_interval_ms / 1000, name="rescore")(
-        guard.timer(rescore, "rescoring failed; users stay dirty")
-    )
+    async def forget_old_ids() -> None:
+        worker.dedup.expire(worker.active_partitions())
+
+    app.task(rescore_loop)
     app.timer(GAUGES_INTERVAL_S, name="gauges")(guard.timer(gauges, "gauge update failed"))
     app.timer(settings.trending_publish_interval_ms / 1000, name="trending-publish")(
         guard.timer(worker.trends.publish, "trending publication failed")
+    )
+    app.timer(EXPIRY_INTERVAL_S, name="dedup-expire")(
+        guard.timer(forget_old_ids, "forgetting old event ids failed")
     )
     if settings.expire_threshold > 0:
         app.timer(EXPIRY_INTERVAL_S, name="expire")(guard.timer(expire, "expiry failed"))
@@ -266,8 +298,6 @@ def register(worker: Worker) -> None:
         """Forget what is folded and not written: Faust's recovery seeks every partition
         back to its committed offset, so those records are read again by their next owner."""
         forget(worker)
-        gone = {tp.partition for tp in revoked}
-        worker.trends.forget(gone)
         worker.dirty.drop_partitions(
             {tp.partition for tp in revoked if tp.topic == settings.topic_events}
         )
@@ -292,6 +322,7 @@ def forget(worker: Worker) -> None:
     """Drop everything folded and not written, and the cached publication log."""
     worker.states.forget()
     worker.published.forget()
+    worker.trends.forget()
 
 
 class _Guard:
@@ -360,6 +391,7 @@ def run_worker(settings: Settings) -> int:
     marker = settings.data_dir / RUNNING_MARKER
     discard_stores_after_crash(marker, Path(worker.sa.app.conf.tabledir))
     marker.write_text(str(os.getpid()))
+    settle_garbage_collector()
     runner = faust.Worker(
         worker.sa.app,
         loglevel=settings.log_level,
@@ -376,6 +408,15 @@ def run_worker(settings: Settings) -> int:
         if worker.close():
             marker.unlink(missing_ok=True)  # a clean stop: the stores match their changelogs
     return 1 if worker.fatal is not None else code
+
+
+def settle_garbage_collector() -> None:
+    """Freeze what exists after start (modules, Faust's and the model's objects: hundreds of
+    thousands) so collections never walk it again, and collect the young generation less
+    often: a fetch allocates thousands of short-lived objects, none of them in cycles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 50)
 
 
 def discard_stores_after_crash(marker: Path, tabledir: Path) -> None:

@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-from stream.core.candidates import recommend_batch
+from stream.core.candidates import Ranked, rank_batch
 from stream.core.interest import UserState, rebase
 from stream.core.messages import build_message
 from stream.core.scheduling import DirtyUsers, RoundBudget, Turns
-from stream.core.types import ItemVectors, Recommended, Scorer
+from stream.core.types import ItemVectors, Scorer
 from stream.worker import metrics
 from stream.worker.state_store import StateStore, Table, Writer
 
@@ -39,15 +39,19 @@ class PublishedLog:
     it, and a state with more events than it is still to be published.
     """
 
-    def __init__(self, table: Table, cache_size: int = 200_000) -> None:
+    def __init__(
+        self, table: Table, partition_of: Callable[[str], int], cache_size: int = 200_000
+    ) -> None:
         self.table = table
+        self.partition_of = partition_of
         self.cache_size = cache_size
         self.meta: dict[str, tuple[int, int]] = {}
 
     def last(self, user_id: str) -> tuple[int, int]:
         meta = self.meta.get(user_id)
         if meta is None:
-            raw = self.table.get(user_id.encode())
+            db = self.table.data._db_for_partition(self.partition_of(user_id))
+            raw = db.get(user_id.encode())
             if raw is None:
                 return 0, 0
             message = orjson.loads(raw)
@@ -81,17 +85,24 @@ class Publisher:
         self,
         states: Sequence[UserState],
         taken: Sequence[Taken],
-        recs: Sequence[Sequence[Recommended]],
+        ranked: Ranked,
         model_version: str | None,
     ) -> None:
         published_at = time.time()
         now = int(published_at * 1000)
         writes = []
         latency = metrics.EVENT_TO_RECOMMENDATION
-        for state, (partition, user_id, newest_ts), items in zip(states, taken, recs, strict=True):
+        for b, (state, (partition, user_id, newest_ts)) in enumerate(
+            zip(states, taken, strict=True)
+        ):
             version = self.log.last(user_id)[0] + 1
             message = build_message(
-                state, items, version=version, model_version=model_version, generated_at=now
+                state,
+                ranked.entries(b),
+                version=version,
+                model_version=model_version,
+                generated_at=now,
+                interests_now=ranked.interests[b],
             )
             writes.append((partition, user_id.encode(), orjson.dumps(message)))
             self.log.record(user_id, version, state.events_applied)
@@ -121,10 +132,10 @@ class Ranker:
         self.policy = policy
         self.limit = limit
 
-    def __call__(self, states: list[UserState]) -> list[list[Recommended]]:
+    def __call__(self, states: list[UserState]) -> Ranked:
         self.scorer.refresh()
         view, top = self.trending()
-        return recommend_batch(
+        return rank_batch(
             states,
             trending=view,
             global_top=top,
@@ -142,7 +153,7 @@ class Rescorer:
         self,
         states: StateStore,
         dirty: DirtyUsers,
-        rank: Callable[[list[UserState]], list[list[Recommended]]],
+        rank: Callable[[list[UserState]], Ranked],
         publisher: Publisher,
         executor: Executor,
         *,

@@ -6,21 +6,17 @@ effects a flush writes are acknowledged only after the changelog records are del
 (stream.worker.table_writer), so Kafka offsets never get ahead of the changelog; a crash in
 between replays them, and the core skips what the restored state already holds.
 
-Faust's tables take the partition from the "current event", which a batch handler or a
-timer does not have: reads run in a :class:`PartitionContexts` context naming the user's
-partition.
+Reads go to the partition's RocksDB directly: the user's partition is known, and Faust's
+table layers (which take the partition from a "current event" a batch handler does not
+have) cost more than the read.
 """
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
-from faust.streams import _current_event  # the context Faust tables take partitions from
 
 from stream.core.codec import decode, encode
 from stream.core.interest import InterestConfig, UserState, new_state
@@ -51,6 +47,14 @@ class Writer(Protocol):
         ...
 
 
+class Companion(Protocol):
+    """Something written at every flush, in the states' epoch (stream.worker.dedup)."""
+
+    def write(self) -> None: ...
+
+    def forget(self) -> None: ...
+
+
 class Table(Protocol):
     """What the store needs of a Faust table (bytes keys and values)."""
 
@@ -78,38 +82,6 @@ class UserPartitioner:
         return p
 
 
-@dataclass(frozen=True, slots=True)
-class _Message:
-    topic: str
-    partition: int
-
-
-@dataclass(frozen=True, slots=True, weakref_slot=True)
-class _PartitionEvent:
-    """Stands in for Faust's current event so that a table read goes to ``partition``."""
-
-    message: _Message
-
-
-class PartitionContexts:
-    """Context managers that make Faust's tables read (and write) a given partition."""
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self._events: dict[int, _PartitionEvent] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, partition: int) -> Iterator[None]:
-        ctx = self._events.get(partition)
-        if ctx is None:
-            ctx = self._events[partition] = _PartitionEvent(_Message(self.topic, partition))
-        token = _current_event.set(weakref.ref(ctx))
-        try:
-            yield
-        finally:
-            _current_event.reset(token)
-
-
 class StateStore:
     """Decoded states of owned users, folded in memory and written back once per flush.
 
@@ -123,15 +95,15 @@ class StateStore:
         changelog: str,
         writer: Writer,
         partition_of: Callable[[str], int],
-        contexts: PartitionContexts,
         *,
+        companions: Sequence[Companion] = (),
         cache_size: int = 200_000,
     ) -> None:
         self.table = table
         self.changelog = changelog
         self.writer = writer
         self.partition_of = partition_of
-        self.contexts = contexts
+        self.companions = list(companions)  # written with the states, in their epoch
         self.cache: dict[str, UserState] = {}
         self.cache_size = cache_size
         self.unsaved: dict[str, int] = {}  # user_id -> partition: folded, not yet written
@@ -139,11 +111,12 @@ class StateStore:
         self.waiting = 0  # records applied and not yet covered by a flush
 
     def read(self, user_id: str) -> UserState | None:
-        """The cached state, else the table's (read from the user's own partition)."""
+        """The cached state, else the one in the partition's RocksDB (read directly: Faust's
+        table layers cost more than the read, and the key's partition is known)."""
         state = self.cache.get(user_id)
         if state is None:
-            with self.contexts(self.partition_of(user_id)):
-                raw = self.table.get(user_id.encode())
+            db = self.table.data._db_for_partition(self.partition_of(user_id))
+            raw = db.get(user_id.encode())
             if raw is None:
                 return None
             state = self._remember(decode(raw))
@@ -187,6 +160,8 @@ class StateStore:
             sizes = metrics.STATE_BYTES
             for _, _, value in writes:
                 sizes.observe(len(value))
+        for companion in self.companions:
+            companion.write()
         self.unsaved.clear()
         self.writer.seal(self.marks)
         self.marks = {}
@@ -213,6 +188,8 @@ class StateStore:
         """Drop every cached state with what was folded into it and not yet written:
         after a rebalance those records are read again from the committed offsets."""
         self.writer.forget()
+        for companion in self.companions:
+            companion.forget()
         self.unsaved.clear()
         self.marks.clear()
         self.waiting = 0

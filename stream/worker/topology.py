@@ -9,16 +9,16 @@ import faust
 from stream.config import Settings
 from stream.worker.batch_consumer import BatchApp
 from stream.worker.kafka_clients import (
+    DEDUP_TABLE,
+    STATE_TABLE,
+    TRENDS_TABLE,
     by_category_topic,
     faust_broker_url,
     faust_credentials,
     rekey_topic,
-    trending_topic,
 )
 
-STATE_TABLE = "users"
-RECS_TABLE = "recommendations"
-TRENDS_TABLE = "trends"
+RECS_TABLE = "recommendations"  # its changelog is the output topic
 
 
 @dataclass
@@ -35,8 +35,8 @@ class StreamApp:
     # user_id -> last recommendation message; its changelog IS the output topic
     published: faust.Table
     by_category: faust.TopicT  # applied events grouped per category, keyed by category
-    trending: faust.TopicT  # compacted trending snapshots, followed by every worker
     trends: faust.Table  # category -> encoded CategoryTrend (stream.core.codec.encode_trend)
+    dedup: faust.Table  # (user, event id digest) -> when and where applied (stream.core.dedup)
 
 
 def make_app(settings: Settings) -> StreamApp:
@@ -100,9 +100,11 @@ def make_app(settings: Settings) -> StreamApp:
     by_category = app.topic(
         by_category_topic(settings), partitions=settings.events_partitions, **raw
     )
-    trending = app.topic(trending_topic(settings), **raw)
     trends = app.Table(
         TRENDS_TABLE, partitions=settings.events_partitions, key_type=bytes, value_type=bytes
+    )
+    dedup = app.Table(
+        DEDUP_TABLE, partitions=settings.events_partitions, key_type=bytes, value_type=bytes
     )
     return StreamApp(
         settings,
@@ -114,6 +116,6 @@ def make_app(settings: Settings) -> StreamApp:
         states,
         published,
         by_category,
-        trending,
         trends,
+        dedup,
     )

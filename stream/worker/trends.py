@@ -1,11 +1,12 @@
 """The trending aggregation in the stream: per-category folds, snapshots, every worker's view.
 
 Applied events arrive grouped per category on a category-keyed topic; :class:`TrendAggregator`
-folds each batch into the per-category table (one read-modify-write per category per batch,
-deduplicated by source position) and publishes the snapshots of changed categories to a
-compacted topic. No worker owns all categories, so every worker follows that topic from the
-beginning in a background thread (:class:`TrendingFollower`, no consumer group) and ranks
-from its local view without any network call.
+collects them and, once per publication interval, folds them into the per-category table
+(one write per changed category, deduplicated by source position) and publishes the
+snapshots of the changed categories to a compacted topic. No worker owns all categories,
+so every worker follows that topic from the beginning in a background thread
+(:class:`TrendingFollower`, no consumer group) and ranks from its local view without any
+network call.
 """
 
 from __future__ import annotations
@@ -16,82 +17,130 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from stream.core.codec import decode_trend, encode_trend
 from stream.core.messages import now_ms
-from stream.core.trending import TrendConfig, fold_trend, global_top, new_trend, snapshot
-from stream.core.types import Event
+from stream.core.trending import (
+    CategoryTrend,
+    TrendConfig,
+    fold_trends,
+    global_top,
+    new_trend,
+    snapshot,
+)
+from stream.core.types import EventBatch
 from stream.worker import metrics
 from stream.worker.batch_consumer import high_water
-from stream.worker.state_store import PartitionContexts, Table, Writer
+from stream.worker.state_store import Table, Writer
 
 log = logging.getLogger("interest.trending")
 
 
-class SnapshotSender(Protocol):
-    """Faust's topic ``send`` (the snapshots topic)."""
+class Producer(Protocol):
+    """What the aggregator needs to send snapshots (stream.worker.table_writer.TableWriter)."""
 
-    async def send(self, *, key: bytes, value: bytes) -> Any: ...
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1
+    ) -> None: ...
 
 
 class TrendAggregator:
-    """The by-category batch handler and the snapshot publisher."""
+    """The by-category batch handler and the snapshot publisher.
+
+    Batches are only collected; every ``publish`` round folds what was collected into the
+    categories' trends (all at once, stream.core.trending.fold_trends), writes each changed
+    trend once, publishes its snapshot and then acknowledges the collected records. Trends of
+    owned categories stay decoded in memory: this worker is their only writer."""
 
     def __init__(
         self,
         table: Table,
         changelog: str,
         writer: Writer,
-        contexts: PartitionContexts,
-        snapshots: SnapshotSender,
+        snapshots: str,
         config: TrendConfig,
     ) -> None:
         self.table = table
         self.changelog = changelog
         self.writer = writer
-        self.contexts = contexts
-        self.snapshots = snapshots
+        self.snapshots = snapshots  # the compacted snapshots topic
         self.config = config
-        self.changed: dict[str, int] = {}  # category -> its partition, not yet published
+        self.cache: dict[str, CategoryTrend] = {}
+        self.pending: dict[str, tuple[int, list[list[Any]]]] = {}  # category -> (partition, rows)
+        self.marks: dict[Any, int] = {}
 
     async def fold(self, batch: Sequence[Any]) -> None:
-        """Fold one fetch of by-category records; acknowledged once their writes are delivered."""
-        groups: dict[str, tuple[int, list[Event], list[tuple[int, int]]]] = {}
+        """Collect one fetch of by-category records (folded at the next publish)."""
         for msg in batch:
             category = msg.key.decode()
-            group = groups.setdefault(category, (msg.partition, [], []))
-            for user, item, type_, ts, weight, source, offset in orjson.loads(msg.value):
-                group[1].append(Event(user, item, type_, ts, "", category, weight))
-                group[2].append((source, offset))
-        store = self.table.data
-        for category, (partition, events, positions) in groups.items():
-            key = category.encode()
-            with self.contexts(partition):
-                raw = self.table.get(key)
-            trend = decode_trend(raw) if raw else new_trend(category, self.config)
-            if fold_trend(trend, events, self.config, positions):
-                self.writer.put(store, self.changelog, partition, key, encode_trend(trend))
-                self.changed[category] = partition
-        self.writer.seal(high_water(batch))
-        self.writer.poll()
+            entry = self.pending.get(category)
+            if entry is None:
+                entry = self.pending[category] = (msg.partition, [])
+            entry[1].extend(orjson.loads(msg.value))
+        for tp, offset in high_water(batch).items():
+            if offset > self.marks.get(tp, -1):
+                self.marks[tp] = offset
 
-    def forget(self, partitions: set[int]) -> None:
-        """Partitions moved away: their changes are the new owner's to publish."""
-        self.changed = {c: p for c, p in self.changed.items() if p not in partitions}
+    def forget(self) -> None:
+        """A rebalance: what was collected is read again from the committed offsets by the
+        partitions' owners, and trends are read from the table again."""
+        self.pending.clear()
+        self.marks.clear()
+        self.cache.clear()
+
+    def _trend(self, category: str, partition: int) -> CategoryTrend:
+        trend = self.cache.get(category)
+        if trend is None:
+            raw = self.table.data._db_for_partition(partition).get(category.encode())
+            trend = decode_trend(raw) if raw else new_trend(category, self.config)
+            self.cache[category] = trend
+        return trend
 
     async def publish(self) -> None:
-        """Publish the snapshots of categories that changed since the last round."""
-        changed, self.changed = self.changed, {}
+        """Fold, write and publish every category with collected events; acknowledge them."""
+        pending, self.pending = self.pending, {}
+        marks, self.marks = self.marks, {}
+        if pending:
+            self._fold_and_write(pending)
+        self.writer.seal(marks)
+        self.writer.poll()
+
+    def _fold_and_write(self, pending: dict[str, tuple[int, list[list[Any]]]]) -> None:
+        names = list(pending)
+        trends = [self._trend(c, pending[c][0]) for c in names]
+        rows = [(n, row) for n, c in enumerate(names) for row in pending[c][1]]
+        cols = list(zip(*(row for _, row in rows), strict=True))  # user, item, type, ts, w, p, o
+        batch = EventBatch(
+            rows=np.arange(len(rows), dtype=np.int64),
+            user_id=list(cols[0]),
+            item_id=list(cols[1]),
+            type=list(cols[2]),
+            ts=np.asarray(cols[3], np.int64),
+            event_id=[""] * len(rows),
+            category=[names[n] for n, _ in rows],
+            weight=np.asarray(cols[4], np.float64),
+        )
+        applied = fold_trends(
+            trends,
+            batch,
+            np.asarray([n for n, _ in rows], np.int64),
+            self.config,
+            sources=list(cols[5]),
+            offsets=list(cols[6]),
+        )
         published_at = now_ms()
-        for category, partition in changed.items():
-            with self.contexts(partition):
-                raw = self.table.get(category.encode())
-            if raw is None:
+        writes = []
+        for trend, n in zip(trends, applied.tolist(), strict=True):
+            if not n:
                 continue
-            snap = snapshot(decode_trend(raw), self.config.max_items)
+            key = trend.category.encode()
+            writes.append((pending[trend.category][0], key, encode_trend(trend)))
+            snap = snapshot(trend, self.config.max_items)
             snap["published_at"] = published_at
-            await self.snapshots.send(key=category.encode(), value=orjson.dumps(snap))
+            self.writer.produce(self.snapshots, key, orjson.dumps(snap))
+        self.writer.put_many(self.table.data, self.changelog, writes)
 
 
 class SnapshotConsumer(Protocol):

@@ -129,8 +129,13 @@ class FakeDB:
     def put(self, key: bytes, value: bytes) -> None:
         self.data[key] = value
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes | list[bytes]) -> Any:
+        if isinstance(key, list):  # a multi-get
+            return [self.data.get(k) for k in key]
         return self.data.get(key)
+
+    def items(self, from_key: bytes | None = None) -> Any:
+        return [(k, self.data[k]) for k in sorted(self.data) if from_key is None or k >= from_key]
 
     def delete(self, key: bytes) -> None:
         self.data.pop(key, None)

@@ -100,6 +100,9 @@ class Stack:
                 "INTEREST_RESCORE_INTERVAL_MS": "200",
                 "INTEREST_MAX_CATEGORIES": "4096",
                 "INTEREST_MAX_ITEMS": "4096",
+                # the sample file is ordered by user: within a partition, event time jumps
+                # back by up to 9 days from one user to the next, so ids are remembered longer
+                "INTEREST_DEDUP_RETENTION_MS": str(30 * 86_400_000),
                 "INTEREST_LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
                 "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -241,7 +244,8 @@ def produce(
 class Collector:
     """Follows a topic from the beginning in a thread and keeps what tests assert on."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, config: dict[str, Any] | None = None) -> None:
+        """``config``: more consumer settings (e.g. a ``logger`` for librdkafka's lines)."""
         from confluent_kafka import Consumer
 
         self.consumer = Consumer(
@@ -250,6 +254,7 @@ class Collector:
                 "group.id": f"collector-{topic}-{time.time_ns()}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
+                **(config or {}),
             }
         )
         self.consumer.subscribe([topic])

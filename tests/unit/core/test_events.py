@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from stream.config import DEFAULT_ALIASES, DEFAULT_WEIGHTS, Settings, event_parser
-from stream.core.events import EventParser, derive_event_id, event_weight
+from stream.core.events import PARSE_REASONS, EventParser, derive_event_id, event_weight
 from stream.core.types import Event, Rejection, RejectReason
 
 NOW = 1_700_000_000_000
@@ -147,7 +147,7 @@ def test_negative_values(parser: EventParser, fields: dict[str, object]) -> None
 
 def test_every_reason_is_exercised() -> None:
     # the parametrised tests above cover each code; this guards the list against drift
-    assert set(RejectReason) == {
+    assert set(PARSE_REASONS) == {
         "invalid_utf8",
         "invalid_json",
         "not_object",
@@ -344,7 +344,7 @@ def test_parse_batch_agrees_with_parse_on_every_reason() -> None:
         )
     got = [r.reason if isinstance(r, Rejection) else None for r in singles]
     assert got == [want for _, _, want in MIXED]
-    assert {r.reason for _, r in rejected} == set(RejectReason)
+    assert {r.reason for _, r in rejected} == set(PARSE_REASONS)
     assert all(r.detail for _, r in rejected)
 
 

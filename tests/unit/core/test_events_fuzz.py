@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.config import DEFAULT_ALIASES, DEFAULT_WEIGHTS
-from stream.core.events import MAX_ID_CHARS, EventParser
+from stream.core.events import MAX_ID_CHARS, PARSE_REASONS, EventParser
 from stream.core.types import Event, EventBatch, Rejection, RejectReason
 
 NOW = 1_700_000_000_000
@@ -34,7 +34,7 @@ DEEP = 100_000
 EXAMPLES = 220
 BATCH = 480  # seeded records per example; hypothesis adds up to 20
 MIN_RECORDS = 100_000
-REASONS = frozenset(RejectReason)
+REASONS = PARSE_REASONS
 CANONICAL = frozenset(DEFAULT_WEIGHTS)
 CATALOG = {"i1": "c-from-catalog", "é": "ç", "i" * MAX_ID_CHARS: "c" * MAX_ID_CHARS}
 FIELDS = ("user_id", "item_id", "type", "ts", "event_id", "category", "dwell_ms", "quantity")

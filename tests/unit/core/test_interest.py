@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.core.codec import FORMAT_VERSION, decode, encode
+from stream.core.dedup import BEYOND, FRESH, DedupConfig, SeenIds
 from stream.core.errors import StateFormatError
 from stream.core.interest import (
     LONG,
@@ -30,7 +31,7 @@ from stream.core.interest import (
 from stream.core.types import Event
 
 HS, HL = 1_000, 20_000
-CFG = InterestConfig(HS, HL, max_categories=64, max_items=100, dedup_window=10_000)
+CFG = InterestConfig(HS, HL, max_categories=64, max_items=100)
 DIM = 8
 
 
@@ -120,11 +121,11 @@ def make_events(specs: list[tuple]) -> list[Event]:
     return [ev(n, item, cat, ts, w, t) for n, (item, cat, ts, w, t) in enumerate(specs)]
 
 
-def fold_batches(events: Sequence[Event], cuts: Sequence[int], vec=VEC, cfg=CFG):
+def fold_batches(events: Sequence[Event], cuts: Sequence[int], vec=VEC, cfg=CFG, seen=None):
     state = new_state("u")
     bounds = sorted({0, len(events), *(c % (len(events) + 1) for c in cuts)})
     for a, b in itertools.pairwise(bounds):
-        fold(state, events[a:b], cfg, vectors=vec)
+        fold(state, events[a:b], cfg, vectors=vec, seen=seen)
     return state
 
 
@@ -156,9 +157,10 @@ def test_any_batching_equals_formula(specs, cuts, rnd) -> None:
 @given(event_specs, st.lists(st.integers(0, 40), max_size=6))
 def test_refolding_changes_nothing(specs, cuts) -> None:
     events = make_events(specs)
-    state = fold_batches(events, cuts)
+    seen = SeenIds(DedupConfig(retention_ms=10**15))
+    state = fold_batches(events, cuts, seen=seen)
     before = encode(state)
-    result = fold(state, events, CFG, vectors=VEC)
+    result = fold(state, events, CFG, vectors=VEC, seen=seen)
     assert (result.applied, result.duplicates) == (0, len(events))
     assert encode(state) == before
 
@@ -234,7 +236,7 @@ def test_fold_with_a_new_model_rebases_first() -> None:
 
 def test_dedup_by_offset_per_partition() -> None:
     state = new_state("u")
-    cfg = InterestConfig(HS, HL, dedup_window=0)  # offsets alone
+    cfg = InterestConfig(HS, HL)  # offsets alone
     batch = [ev(0, 1, 0, 100), ev(1, 1, 0, 200), ev(2, 1, 0, 300)]
     r = fold(state, batch, cfg, positions=[(0, 10), (0, 11), (3, 5)])
     assert (r.applied, r.duplicates) == (3, 0)
@@ -248,25 +250,46 @@ def test_dedup_by_offset_per_partition() -> None:
 
 def test_dedup_by_event_id_within_and_across_batches() -> None:
     state = new_state("u")
+    seen = SeenIds()
     a, b = ev(0, 1, 0, 100, 2.0), ev(1, 2, 0, 200, 3.0)
-    r = fold(state, [a, a, b], CFG, positions=[(0, 1), (0, 2), (0, 3)])
+    r = fold(state, [a, a, b], CFG, positions=[(0, 1), (0, 2), (0, 3)], seen=seen)
     assert (r.applied, r.duplicates, r.applied_by_type) == (2, 1, {"browse": 2})
-    r = fold(state, [b], CFG, positions=[(0, 9)])  # producer retry: new offset, same id
+    r = fold(state, [b], CFG, positions=[(0, 9)], seen=seen)  # a retry: new offset, same id
     assert (r.applied, r.duplicates) == (0, 1)
     assert state.type_counts == {"browse": 2} and state.events_applied == 2
 
 
-def test_dedup_window_is_bounded_and_forgets_the_oldest() -> None:
-    cfg = InterestConfig(HS, HL, dedup_window=3)
+def test_ids_are_remembered_for_a_window_of_event_time_not_a_count() -> None:
+    day = 86_400_000
+    seen = SeenIds(DedupConfig(retention_ms=7 * day))
     state = new_state("u")
-    fold(state, [ev(n, 1, 0, n) for n in range(5)], cfg)
-    assert len(state.recent_ids) == 3
-    assert fold(state, [ev(4, 1, 0, 4)], cfg).applied == 0  # still in the window
-    assert fold(state, [ev(0, 1, 0, 0)], cfg).applied == 1  # forgotten: the documented limit
+    many = [ev(n, n % 7, 0, n * 60_000) for n in range(5_000)]  # 5,000 ids in 3.5 days
+    fold(state, many, CFG, positions=[(0, n) for n in range(5_000)], seen=seen)
+    again = fold(state, [many[0]], CFG, positions=[(0, 10_000)], seen=seen)
+    assert (again.applied, again.duplicates) == (0, 1)  # the oldest, 4,999 ids later
+    late = ev(9_999, 1, 0, 5_000 * 60_000 - 8 * day)  # older than the retention
+    with_late = fold(state, [late], CFG, positions=[(0, 10_001)], seen=seen)
+    assert with_late.applied == 0 and with_late.duplicates == 1  # dead-lettered upstream
+    assert seen.check(["u"], [late.event_id], np.array([late.ts]), [0], [10_002])[0] == BEYOND
+    apply_anyway = SeenIds(DedupConfig(7 * day, beyond="apply"))
+    apply_anyway.check(["u"], ["x"], np.array([10 * day]), [0], [0])
+    assert apply_anyway.check(["u"], ["y"], np.array([day]), [0], [1])[0] == FRESH
+
+
+def test_a_replay_at_the_same_position_is_not_a_duplicate() -> None:
+    """A crash can leave the id remembered and the state not: the record read again from
+    its own position must be applied."""
+    seen = SeenIds()
+    a = ev(0, 1, 0, 100)
+    seen.check(["u"], [a.event_id], np.array([a.ts]), [0], [7])  # remembered, state lost
+    state = new_state("u")
+    r = fold(state, [a], CFG, positions=[(0, 7)], seen=seen)
+    assert r.applied == 1 and r.duplicates == 0
+    assert fold(state, [a], CFG, positions=[(0, 8)], seen=seen).duplicates == 1
 
 
 def test_bounded_categories_and_items_keep_the_strongest() -> None:
-    cfg = InterestConfig(HS, HL, max_categories=2, max_items=2, dedup_window=64)
+    cfg = InterestConfig(HS, HL, max_categories=2, max_items=2)
     state = new_state("u")
     events = [ev(0, 0, 0, 1000, 1.0), ev(1, 1, 1, 1000, 5.0), ev(2, 2, 2, 1000, 3.0)]
     fold(state, events, cfg)
@@ -364,7 +387,6 @@ def test_a_format_1_state_written_by_0_2_reads_as_it_was() -> None:
     assert state.type_counts == want["type_counts"]
     assert state.events_applied == want["events_applied"]
     assert state.offsets == {int(k): v for k, v in want["offsets"].items()}
-    assert list(state.recent_ids) == want["recent_ids"]
     assert state.last_event_kafka_ts == want["last_event_kafka_ts"]
     assert list(state.half_lives) == want["half_lives"]
     again = decode(encode(state))

@@ -15,7 +15,7 @@ from stream.core.types import Event
 from tests.support.helpers import SHARED_DATA
 
 DATA = SHARED_DATA / "taobao_userbehavior_114users" / "UserBehavior.csv"
-CFG = InterestConfig(max_categories=4096, max_items=100_000, dedup_window=100_000)
+CFG = InterestConfig(max_categories=4096, max_items=100_000)
 NOW = 2_000_000_000_000
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from stream.config import Settings, event_parser
-from stream.core.candidates import score_request
+from stream.core.candidates import rank_batch, score_request
 from stream.core.interest import InterestConfig, fold, new_state
-from stream.core.messages import build_message
+from stream.core.messages import build_message, item_entry
 from stream.core.scheduling import DirtyUsers
 from stream.core.types import Recommended
 
@@ -24,7 +24,10 @@ def test_message_has_exactly_the_contract_fields() -> None:
     state = state_with([("i1", "c1", "click", 1000), ("i2", "c2", "purchase", 2000)])
     msg = build_message(
         state,
-        [Recommended("i9", 0.83, "c12", "trending_in_category"), Recommended("i3", 0.5, None)],
+        [
+            item_entry(Recommended("i9", 0.83, "c12", "trending_in_category")),
+            item_entry(Recommended("i3", 0.5, None)),
+        ],
         version=17,
         model_version="1764331200",
         generated_at=5,
@@ -82,3 +85,22 @@ def test_dirty_users_take_give_back_and_backoff() -> None:
     assert dirty.ready(0.0)
     dirty.drop_partitions([0])
     assert dirty.take([0, 1], 10) == [(1, "b", 7)]
+
+
+def test_a_ranked_batch_gives_the_same_message_as_one_user_at_a_time() -> None:
+    """The worker's path (rank_batch's columns and interests) and the per-user path agree."""
+    state = state_with([(f"i{n}", f"c{n % 12}", "click", 1000 + 7 * n) for n in range(30)])
+    ranked = rank_batch([state], trending={}, global_top=(), scorer=None, k=5)
+    recs = ranked.lists()[0]
+    batch = build_message(
+        state,
+        ranked.entries(0),
+        version=3,
+        model_version=None,
+        generated_at=9,
+        interests_now=ranked.interests[0],
+    )
+    single = build_message(
+        state, [item_entry(r) for r in recs], version=3, model_version=None, generated_at=9
+    )
+    assert batch == single and len(batch["items"]) == 5

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -118,3 +120,18 @@ def test_global_trend_keeps_categories_of_its_bounded_items() -> None:
     g.fold([ev("a", T0, 1.0, cat="c1"), ev("b", T0, 5.0, cat="c2"), ev("c", T0, 3.0, cat=None)])
     assert g.top(5) == [("b", "c2", 5.0), ("c", None, 3.0)]
     assert g.item_categories["b"] == "c2" and "c" not in g.item_categories
+
+
+def test_a_format_1_trend_written_by_0_2_reads_as_it_was() -> None:
+    fixture = json.loads((Path(__file__).parent / "data" / "trend_format1.json").read_text())
+    trend = decode_trend(bytes.fromhex(fixture["hex"]))
+    want = fixture["trend"]
+    assert (trend.category, trend.t_ref, list(trend.half_lives)) == (
+        want["category"],
+        want["t_ref"],
+        want["half_lives"],
+    )
+    assert dict(trend.items) == want["items"]
+    assert trend.offsets == {int(k): v for k, v in want["offsets"].items()}
+    again = encode_trend(trend)
+    assert again[0] == TREND_FORMAT and decode_trend(again) == trend

@@ -10,10 +10,12 @@ import orjson
 from faust.types import TP
 
 from stream.config import Settings, event_parser, interest_config
+from stream.core.dedup import DedupConfig
 from stream.core.scheduling import DirtyUsers
 from stream.worker.apply import REKEY_SOURCE_BASE, ApplyHandler, Topics
+from stream.worker.dedup import DedupStore
 from stream.worker.rescore import PublishedLog
-from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.state_store import StateStore, UserPartitioner
 from tests.support.fakes import FakeProducer, FakeRecord, FakeTable, fake_writer
 
 T0 = 1_700_000_000_000
@@ -30,18 +32,17 @@ class World:
         self.acked: list[Any] = []
         self.partition_of = UserPartitioner(PARTITIONS)
         self.table = FakeTable()
+        writer = fake_writer(self.producer, self.acked.append)
+        self.dedup = DedupStore(FakeTable(), "dedup-changelog", writer, DedupConfig())
         self.states = StateStore(
-            self.table,
-            "users-changelog",
-            fake_writer(self.producer, self.acked.append),
-            self.partition_of,
-            PartitionContexts("events"),
+            self.table, "users-changelog", writer, self.partition_of, companions=[self.dedup]
         )
         self.dirty = DirtyUsers()
         self.handler = ApplyHandler(
             lambda: event_parser(settings),
             self.states,
-            PublishedLog(FakeTable()),
+            self.dedup,
+            PublishedLog(FakeTable(), UserPartitioner(4)),
             self.dirty,
             self.states.writer,  # the table writer produces the handler's records too
             TOPICS,
@@ -148,3 +149,42 @@ def test_states_are_written_once_enough_records_wait() -> None:
     assert {r.key for r in w.producer.on("users-changelog")} == {b"u1", b"u2"}
     # the flush's records, by their high-water marks, once its writes were delivered
     assert w.acked == [{TP("events", p): o for p, o in w.high_water().items()}]
+
+
+def test_an_id_sent_again_at_a_new_offset_is_a_duplicate_however_much_later() -> None:
+    w = World(flush_after=1)
+    first = w.record("u1", "i1", T0)
+    w.apply([first])
+    w.apply([w.record("u1", f"other{n}", T0 + n) for n in range(1, 200)])  # 199 events later
+    again = FakeRecord("events", first.partition, 10_000, first.key, first.value, T0)
+    w.apply([again])  # an upstream replay: same event, new offset
+    state = w.states.read("u1")
+    assert state.events_applied == 200
+    assert len(w.producer.on("dedup-changelog")) >= 200  # the ids, written with the states
+
+
+def test_an_event_older_than_the_id_retention_is_dead_lettered() -> None:
+    w = World()
+    w.apply([w.record("u1", "i1", T0)])
+    old = w.record("u1", "i2", T0 - 8 * 86_400_000)
+    w.apply([old])
+    [dead] = [orjson.loads(r.value) for r in w.producer.on("dlq")]
+    assert dead["reason"] == "beyond_dedup_retention" and dead["offset"] == old.offset
+    assert w.states.read("u1").events_applied == 1
+
+
+def test_old_ids_are_forgotten_a_slice_at_a_time() -> None:
+    """Retention is per partition, from its newest event time (one user: one partition)."""
+    w = World(flush_after=1)
+    day = 86_400_000
+    w.apply([w.record("u", f"i{n}", T0 + n) for n in range(30)])
+    w.apply([w.record("u", "late", T0 + 6 * day)])
+    w.apply([w.record("u", "newest", T0 + 7 * day + 1000)])  # the first 30 are now too old
+    dbs = w.dedup.table.data._dbs
+    stored = sum(len(db.data) for db in dbs.values())
+    deleted = 0
+    for _ in range(10):  # a budget of 4 entries per partition per sweep
+        deleted += w.dedup.expire(set(dbs), budget=4)
+    assert deleted == 30
+    left = sum(len(db.data) for db in dbs.values())
+    assert left == stored - 30  # the two recent ids and the watermarks stay

@@ -12,7 +12,7 @@ from stream.core.types import Event
 from stream.worker import metrics
 from stream.worker.housekeeping import Expiry, ModelTracker, PendingScan
 from stream.worker.rescore import PublishedLog
-from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.state_store import StateStore, UserPartitioner
 from tests.support.fakes import FakeProducer, FakeScorer, FakeTable, fake_writer
 
 CFG = InterestConfig()
@@ -37,14 +37,9 @@ def test_model_info_is_set_for_the_model_loaded_at_start_and_follows_swaps() -> 
     assert model_info() == {}
 
 
-def states_with(users: dict[str, int]) -> tuple[StateStore, PartitionContexts]:
-    contexts = PartitionContexts("e")
+def states_with(users: dict[str, int]) -> StateStore:
     store = StateStore(
-        FakeTable(),
-        "c",
-        fake_writer(FakeProducer(), lambda _r: None),
-        UserPartitioner(2),
-        contexts,
+        FakeTable(), "c", fake_writer(FakeProducer(), lambda _r: None), UserPartitioner(2)
     )
     for user, ts in users.items():
         state = store.read_or_new(user, CFG)
@@ -52,16 +47,23 @@ def states_with(users: dict[str, int]) -> tuple[StateStore, PartitionContexts]:
         store.changed(user, store.partition_of(user))
     store.flush()
     store.cache.clear()
-    return store, contexts
+    return store
 
 
 def test_a_scan_after_recovery_marks_users_never_published() -> None:
-    store, _ = states_with({"a": T0, "b": T0})
+    store = states_with({"a": T0, "b": T0})
     published = FakeTable()
-    published.data._db_for_partition(0).put(b"a", orjson.dumps({"version": 3, "events_applied": 1}))
+    db = published.data._db_for_partition(store.partition_of("a"))
+    db.put(b"a", orjson.dumps({"version": 3, "events_applied": 1}))
     dirty = DirtyUsers()
     recovering = [True]
-    scan = PendingScan(store, PublishedLog(published), dirty, lambda: {0, 1}, lambda: recovering[0])
+    scan = PendingScan(
+        store,
+        PublishedLog(published, store.partition_of),
+        dirty,
+        lambda: {0, 1},
+        lambda: recovering[0],
+    )
     assert scan.run() == 0  # nothing before recovery
     scan.pending = True
     assert scan.run() == 0  # still recovering
@@ -73,7 +75,7 @@ def test_a_scan_after_recovery_marks_users_never_published() -> None:
 
 def test_expiry_deletes_users_whose_interests_decayed_away() -> None:
     old = T0 - 400 * 86_400_000
-    store, _ = states_with({"quiet": old, "active": 10**13})
+    store = states_with({"quiet": old, "active": 10**13})
     expiry = Expiry(store, lambda: {0, 1}, threshold=0.01)
     assert expiry.run() == 1
     assert store.read("quiet") is None and store.read("active") is not None

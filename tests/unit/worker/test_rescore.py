@@ -16,7 +16,7 @@ from stream.core.scheduling import DirtyUsers
 from stream.core.types import Event
 from stream.worker import metrics
 from stream.worker.rescore import PublishedLog, Publisher, Ranker, Rescorer
-from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.state_store import StateStore, UserPartitioner
 from tests.support.fakes import FakeProducer, FakeScorer, FakeTable, fake_writer
 
 CFG = InterestConfig()
@@ -28,11 +28,9 @@ class World:
         self.producer = FakeProducer()
         writer = fake_writer(self.producer, lambda _r: None)
         self.partition_of = UserPartitioner(4)
-        self.states = StateStore(
-            FakeTable(), "users-changelog", writer, self.partition_of, PartitionContexts("e")
-        )
+        self.states = StateStore(FakeTable(), "users-changelog", writer, self.partition_of)
         self.published_table = FakeTable()
-        self.log = PublishedLog(self.published_table)
+        self.log = PublishedLog(self.published_table, UserPartitioner(4))
         self.dirty = DirtyUsers(base_backoff_s=0.01)
         self.generation = 1
         self.owned = {0, 1, 2, 3}
@@ -131,10 +129,10 @@ def test_users_of_partitions_no_longer_owned_are_dropped() -> None:
 @pytest.mark.parametrize("events,published,expect", [(3, 3, False), (4, 3, True)])
 def test_published_log_knows_what_is_unpublished(events: int, published: int, expect: bool) -> None:
     table = FakeTable()
-    table.data._db_for_partition(0).put(
+    table.data._db_for_partition(UserPartitioner(4)("a")).put(
         b"a", orjson.dumps({"version": 7, "events_applied": published})
     )
-    log = PublishedLog(table)
+    log = PublishedLog(table, UserPartitioner(4))
     state = World(FakeScorer()).states.read_or_new("a", CFG)
     state.events_applied = events
     assert log.last("a") == (7, published) and log.unpublished(state) is expect

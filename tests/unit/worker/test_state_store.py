@@ -10,7 +10,7 @@ from faust.types import TP
 from stream.core.codec import decode, encode
 from stream.core.interest import InterestConfig, fold, new_state
 from stream.core.types import Event
-from stream.worker.state_store import PartitionContexts, StateStore, UserPartitioner
+from stream.worker.state_store import StateStore, UserPartitioner
 from tests.support.fakes import FakeProducer, FakeTable, fake_writer
 
 CFG = InterestConfig()
@@ -27,7 +27,6 @@ def make_store() -> tuple[StateStore, FakeTable, FakeProducer, list[Any]]:
         "app-users-changelog",
         fake_writer(producer, acked.append),
         UserPartitioner(4),
-        PartitionContexts("events"),
     )
     return store, table, producer, acked
 

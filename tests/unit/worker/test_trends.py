@@ -11,29 +11,22 @@ from faust.types import TP
 
 from stream.core.codec import decode_trend
 from stream.core.trending import TrendConfig
-from stream.worker.state_store import PartitionContexts
 from stream.worker.trends import TrendAggregator, TrendingFollower
 from tests.support.fakes import FakeProducer, FakeRecord, FakeTable, fake_writer
 
 T0 = 1_700_000_000_000
 
 
-class Sent:
-    def __init__(self) -> None:
-        self.snapshots: list[tuple[bytes, dict[str, Any]]] = []
-
-    async def send(self, *, key: bytes, value: bytes) -> None:
-        self.snapshots.append((key, orjson.loads(value)))
-
-
-def aggregator() -> tuple[TrendAggregator, FakeTable, Sent, list[Any]]:
+def aggregator() -> tuple[TrendAggregator, FakeTable, FakeProducer, list[Any]]:
     acked: list[Any] = []
-    table, sent = FakeTable(), Sent()
-    writer = fake_writer(FakeProducer(), acked.append)
-    agg = TrendAggregator(
-        table, "trends-changelog", writer, PartitionContexts("e"), sent, TrendConfig()
-    )
-    return agg, table, sent, acked
+    table, producer = FakeTable(), FakeProducer()
+    writer = fake_writer(producer, acked.append)
+    agg = TrendAggregator(table, "trends-changelog", writer, "snapshots", TrendConfig())
+    return agg, table, producer, acked
+
+
+def snapshots(producer: FakeProducer) -> list[tuple[bytes, dict[str, Any]]]:
+    return [(r.key, orjson.loads(r.value)) for r in producer.on("snapshots")]
 
 
 def rows(*items: tuple[str, int]) -> bytes:
@@ -41,30 +34,34 @@ def rows(*items: tuple[str, int]) -> bytes:
     return orjson.dumps([["u", item, "click", T0, 2.0, 0, offset] for item, offset in items])
 
 
-def test_a_batch_folds_each_category_once_and_replays_are_skipped() -> None:
+def test_batches_are_folded_per_round_once_per_category_and_replays_skipped() -> None:
     agg, table, _, acked = aggregator()
     batch = [
         FakeRecord("by-cat", 1, 0, b"c1", rows(("i1", 10), ("i2", 11))),
         FakeRecord("by-cat", 1, 1, b"c1", rows(("i1", 12))),
     ]
     asyncio.run(agg.fold(batch))
+    assert table.get(b"c1") is None and acked == []  # collected, not yet folded
+    asyncio.run(agg.publish())
     trend = decode_trend(table.get(b"c1"))
     assert trend.items["i1"][1] == 4.0 and trend.items["i2"][1] == 2.0
-    assert acked == [{TP("by-cat", 1): 1}] and agg.changed == {"c1": 1}
+    assert acked == [{TP("by-cat", 1): 1}]
     asyncio.run(agg.fold([FakeRecord("by-cat", 1, 2, b"c1", rows(("i1", 12)))]))  # a replay
+    asyncio.run(agg.publish())
     assert decode_trend(table.get(b"c1")).items["i1"][1] == 4.0
 
 
-def test_changed_categories_are_published_once() -> None:
-    agg, _, sent, _ = aggregator()
+def test_changed_categories_are_published_once_and_a_rebalance_forgets() -> None:
+    agg, _, producer, acked = aggregator()
     asyncio.run(agg.fold([FakeRecord("by-cat", 0, 0, b"c1", rows(("i1", 1)))]))
     asyncio.run(agg.publish())
     asyncio.run(agg.publish())
-    [(key, snap)] = sent.snapshots
+    [(key, snap)] = snapshots(producer)
     assert key == b"c1" and snap["items"]["i1"] == [2.0, 2.0] and snap["published_at"] > 0
-    agg.changed = {"c1": 0, "c2": 3}
-    agg.forget({3})
-    assert agg.changed == {"c1": 0}
+    asyncio.run(agg.fold([FakeRecord("by-cat", 0, 1, b"c2", rows(("i2", 2)))]))
+    agg.forget()  # a rebalance: read again by the partition's owner
+    asyncio.run(agg.publish())
+    assert len(snapshots(producer)) == 1 and acked[-1] == {TP("by-cat", 0): 0}
 
 
 class _Msg:

@@ -208,3 +208,31 @@ def test_metadata_records_the_ranking_guard(exported, tmp_path: Path) -> None:
     assert ranking_mode({"ranking": {"use_network": True}}) == RANKING_NETWORK
     path = export_version(toy_artifacts(), tmp_path, metrics={"ranking": {"use_network": False}})
     assert read_metadata(path)["ranking"] == RANKING_BLEND
+
+
+def test_the_replay_runs_the_exported_retrieval_in_numpy() -> None:
+    """One retrieval function, two backends: the module's (TensorFlow, so TF Serving) and the
+    training replay's (numpy) agree on scores and on the top items."""
+    from models.training.module import item_scales, retrieval_scores
+    from models.training.replay import Retriever, best_first
+
+    art = toy_artifacts(seed=4)
+    module = build_module(art)
+    x = inputs(6, seed=3)
+    tf_scores = module._retrieval(x["short"], x["long"], x["cat_short"], x["cat_long"]).numpy()
+    r = Retriever(art, 20)
+    np_scores = retrieval_scores(
+        np,
+        x["short"],
+        x["long"],
+        x["cat_short"],
+        x["cat_long"],
+        r.unit,
+        r.item_cat,
+        r.pop_scaled,
+        *r.weights,
+    )
+    np.testing.assert_allclose(np_scores, tf_scores, rtol=1e-5, atol=1e-5)
+    for row in range(6):
+        assert set(best_first(np_scores[row], 10)) == set(np.argsort(-tf_scores[row])[:10])
+    assert item_scales(art)[1] > 0
