@@ -484,8 +484,12 @@ class Chaos:
             broker.start(self.broker_port, self.broker_dir, timeout_s=180, log=lambda _m: None)
             result["broker_restart_s"] = round(time.monotonic() - t0, 1)
             t1 = time.monotonic()
+            with collector.lock:
+                published_before = len(collector.messages)
 
             def recovered() -> bool:
+                """Every worker alive and serving, and recommendations flowing again (a
+                worker's /health answers from memory even while the broker is away)."""
                 for w in workers:
                     if w.proc is None or w.proc.poll() is not None:
                         raise ChaosError(
@@ -493,7 +497,11 @@ class Chaos:
                             f"after the broker restart:\n{w.log_tail(25)}"
                         )
                 healths = [w.health() for w in workers]
-                return all(h and h["active_partitions"] and not h["in_recovery"] for h in healths)
+                with collector.lock:
+                    flowing = len(collector.messages) > published_before
+                return flowing and all(
+                    h and h["active_partitions"] and not h["in_recovery"] for h in healths
+                )
 
             wait_until(
                 recovered,
@@ -503,7 +511,7 @@ class Chaos:
                     + "; ".join(f"{w.name}: {w.health()}" for w in workers)
                 ),
             )
-            result["workers_recovered_s"] = round(time.monotonic() - t1, 1)
+            result["recommendations_again_after_s"] = round(time.monotonic() - t1, 1)
             sender.join(duration + 300)
             result["producer"] = sender.summary()
             result.update(
@@ -581,6 +589,8 @@ class Chaos:
             result["before_replay"] = {
                 k: before[k] for k in ("exact", "lost", "doubled", "messages_inconsistent")
             }
+            for key in ("messages_checked", "messages_inconsistent", "first_inconsistent"):
+                result[key] = before[key]  # every message up to the replay (doubles after it)
             newest = max(e.ts_ms for e in self.ordered)
             again = [
                 r
@@ -612,7 +622,9 @@ class Chaos:
                 metric_value(w.metrics(), "interest_events_duplicate_total") for w in workers
             ]
             result["duplicates_skipped_by_workers"] = sum(counters)
-            result.update(settle_and_check(self.expected, collector, self.args.settle_s))
+            after = settle_and_check(self.expected, collector, self.args.settle_s)
+            after.pop("messages", None)
+            result.update(after)
         except ChaosError as exc:
             result.update(exact=False, error=str(exc), **tally(self.expected, collector.latest))
         finally:
@@ -744,24 +756,24 @@ def main() -> int:
     summary: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
-        plan: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
-            ("kill9", lambda: [chaos.kill9_trial(i) for i in range(trials)]),
-            ("broker", lambda: [chaos.broker_trial()]),
-            ("scale", lambda: [chaos.scale_trial()]),
-            ("replay", lambda: [chaos.replay_trial()]),
+        plan: list[tuple[str, int, Callable[[int], dict[str, Any]]]] = [
+            ("kill9", trials, chaos.kill9_trial),
+            ("broker", 1, lambda _i: chaos.broker_trial()),
+            ("scale", 1, lambda _i: chaos.scale_trial()),
+            ("replay", 1, lambda _i: chaos.replay_trial()),
         ]
-        for name, run in plan:
+        for name, count, run in plan:
             if name not in args.scenarios or name in skipped:
                 continue
             t0 = time.monotonic()
             print(f"{name} ...", flush=True)
-            try:
-                results = run()
-            except Exception:
-                results = [{"trial": 0, "exact": False, "error": traceback.format_exc(limit=5)}]
-            s = summarise(name, results, time.monotonic() - t0)
-            summary.append(s)
-            for t in results:
+            results: list[dict[str, Any]] = []
+            for i in range(count):
+                try:
+                    t = run(i)
+                except Exception:
+                    t = {"trial": i, "exact": False, "error": traceback.format_exc(limit=5)}
+                results.append(t)
                 print(
                     f"  {name} trial {t['trial']}: exact {t.get('exact')}, lost {t.get('lost')}, "
                     f"doubled {t.get('doubled')}, {t.get('seconds')} s"
@@ -769,6 +781,7 @@ def main() -> int:
                     + (f", error: {t['error'].splitlines()[0]}" if t.get("error") else ""),
                     flush=True,
                 )
+            summary.append(summarise(name, results, time.monotonic() - t0))
     finally:
         chaos.stop_all()
         if broker_dir is not None:

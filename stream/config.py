@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         7 * DAY_MS, ge=0, description="event time ids are remembered for; 0: offsets only"
     )
     dedup_beyond_retention: BeyondRetention = BeyondRetention.dead_letter
-    max_event_bytes: int = Field(65_536, ge=256)
+    max_event_bytes: int = Field(65_536, ge=256, le=900_000)
     dlq_max_original_bytes: int = Field(
         16_384, ge=0, le=900_000, description="bytes of a rejected value its dead letter carries"
     )

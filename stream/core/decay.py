@@ -121,6 +121,32 @@ class Sums(Mapping[str, list[float]]):
         self.raw.append(key.encode())
         return row
 
+    def copy(self) -> Sums:
+        """A copy whose lists are its own; the arrays are shared, because folds replace
+        them and never write into them (so a reader in another thread sees a still table)."""
+        other = object.__new__(type(self))
+        other._copy_from(self)
+        return other
+
+    def _copy_from(self, source: Sums) -> None:
+        self.keys_ = source.keys_.copy()
+        self.raw = source.raw.copy()
+        self.vals = source.vals
+        self._index = None
+        self.ids = None if source.ids is None else source.ids.copy()
+        self.ids_gen = source.ids_gen
+
+    def adopt_ids(self, copy: Sums) -> None:
+        """Take the interned ids a ranking filled in on ``copy`` (made by :meth:`copy`),
+        if they still describe these keys."""
+        ids = copy.ids
+        if (
+            ids is not None
+            and ids is not self.ids
+            and self.keys_[: len(ids)] == copy.keys_[: len(ids)]
+        ):
+            self.ids, self.ids_gen = ids, copy.ids_gen
+
     def keep(self, rows: np.ndarray) -> None:
         """Keep only these rows (ascending), in their order."""
         sel = rows.tolist()

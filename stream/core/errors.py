@@ -12,6 +12,8 @@ error                      raised when
 ``ScorerError``            the model (in-process or TF Serving) failed; users stay dirty
 ``DeliveryFailed``         a changelog or output record was not delivered: **fatal**,
                            the worker stops (its effects would otherwise be lost)
+``StorageFailed``          the local RocksDB store could not be read or written (a full
+                           disk, a broken file): **fatal**, the worker stops
 ``BrokerError``            the local Kafka broker cannot start, stop or be reached
 ``ProduceError``           an event file cannot be replayed into Kafka
 ``DataFormatError``        an event file is not in a format we read (or holds no event)
@@ -52,6 +54,11 @@ class ScorerError(InterestStreamError, RuntimeError):
 
 class DeliveryFailed(FatalError, RuntimeError):
     """A changelog or output record could not be delivered: the worker must stop."""
+
+
+class StorageFailed(FatalError, RuntimeError):
+    """The local store refused a read or a write: no record is to blame, so none is
+    dead-lettered for it; the worker stops and resumes from the changelogs."""
 
 
 class BrokerError(InterestStreamError, RuntimeError):

@@ -101,6 +101,14 @@ class ItemSums(Sums):
         self.bought.append(False)
         return super().add_key(key)
 
+    def _copy_from(self, source: Sums) -> None:
+        super()._copy_from(source)
+        assert isinstance(source, ItemSums)
+        self.cat = source.cat.copy()
+        self.cat_names = source.cat_names.copy()
+        self.bought = source.bought.copy()
+        self._cat_index = None
+
     def category_code(self, name: str) -> int:
         """The code of a category name, added to ``cat_names`` if new."""
         if self._cat_index is None:
@@ -162,6 +170,23 @@ class UserState:
     def purchased(self) -> set[str]:
         """Kept items the user bought."""
         return {k for k, b in zip(self.items.keys_, self.items.bought, strict=True) if b}
+
+    def snapshot(self) -> UserState:
+        """A copy to read in another thread (the ranking) while folds go on in this one;
+        it shares only arrays, which folds replace and never write into."""
+        return UserState(
+            self.user_id,
+            self.t_ref,
+            self.categories.copy(),
+            self.items.copy(),
+            self.vectors,
+            self.model_version,
+            dict(self.type_counts),
+            self.events_applied,
+            dict(self.offsets),
+            self.last_event_kafka_ts,
+            self.half_lives,
+        )
 
     def __eq__(self, other: object) -> bool:
         """Field-wise equality, sums and vectors compared bit-for-bit (round-trip tests)."""

@@ -10,10 +10,18 @@ Bad records go to the dead-letter topic; records keyed by something else than th
 id, or on another partition than murmur2 gives that id, are re-keyed first, so one user's
 state is never split; applied events are forwarded, grouped per category, to the trending
 aggregation.
+
+No record can stop a partition: when handling a fetch fails for a reason that is not fatal
+(:class:`stream.core.errors.FatalError`: the broker gone, the disk full), the states go back
+to the last flush, the fetches folded since are folded again (their records, dead letters
+and forwards were already sent, so only the states are rebuilt), and the failed fetch is
+handled one record at a time. A record that fails ``ATTEMPTS`` times alone goes to the
+dead-letter topic as ``unprocessable`` with the error, and the partition moves on.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -24,9 +32,10 @@ import numpy as np
 import orjson
 
 from stream.core.dedup import BEYOND, DUPLICATE, FRESH
+from stream.core.errors import FatalError
 from stream.core.events import EventParser
 from stream.core.interest import InterestConfig, UserState, fold_batch
-from stream.core.messages import dead_letter, now_ms
+from stream.core.messages import DLQ_MAX_ORIGINAL_BYTES, dead_letter, now_ms
 from stream.core.scheduling import DirtyUsers
 from stream.core.types import EventBatch, ItemVectors, Rejection, RejectReason
 from stream.worker import metrics
@@ -35,7 +44,10 @@ from stream.worker.dedup import DedupStore
 from stream.worker.rescore import PublishedLog
 from stream.worker.state_store import StateStore
 
+log = logging.getLogger("interest.apply")
+
 REKEY_SOURCE_BASE = 1 << 16  # positions from the re-key topic never collide with the events'
+ATTEMPTS = 3  # tries of one record alone before it is dead-lettered as unprocessable
 
 
 class Producer(Protocol):
@@ -88,6 +100,7 @@ class ApplyHandler:
         partition_of: Callable[[str], int],
         trending: bool,
         flush_after: int,
+        max_original: int = DLQ_MAX_ORIGINAL_BYTES,
     ) -> None:
         self.parser = parser
         self.states = states
@@ -101,18 +114,44 @@ class ApplyHandler:
         self.partition_of = partition_of
         self.trending = trending
         self.flush_after = flush_after
+        self.max_original = max_original  # bytes of a rejected value its dead letter carries
         self.last_applied = 0.0  # monotonic time of the last batch
+        self._epoch = states.flushes
+        self._folded: list[Sequence[Any]] = []  # fetches folded since the last flush
 
     async def __call__(self, records: Sequence[Any]) -> None:
         """Fold one fetch of event records (Kafka records: ``timestamp`` in ms)."""
         self.last_applied = time.monotonic()
+        try:
+            self._fold_fetch(records)
+        except FatalError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "a fetch of %d records failed (%s: %s): handling them one at a time",
+                len(records),
+                type(exc).__name__,
+                exc,
+            )
+            self._isolate(records)
+        else:
+            self._since_flush().append(records)
+        if self.states.waiting >= self.flush_after:
+            self.states.flush()
+        else:
+            self.producer.poll()
+
+    def _fold_fetch(self, records: Sequence[Any], replay: bool = False) -> None:
+        """Decode, route, check and fold one fetch. With ``replay`` (rebuilding states after
+        a rollback) nothing is sent or counted: that was done the first time."""
         now = now_ms()
         stamps = [r.timestamp if r.timestamp and r.timestamp > 0 else now for r in records]
         events, rejected = self.parser().parse_batch([r.value for r in records], stamps, now)
-        for i, rejection in rejected:
-            self.reject(rejection, records[i])
-        routed = self._route(records, events, stamps)
-        duplicates = self._drop_known_ids(routed, records)
+        if not replay:
+            for i, rejection in rejected:
+                self.reject(rejection, records[i])
+        routed = self._route(records, events, stamps, replay)
+        duplicates = self._drop_known_ids(routed, records, replay)
         result = fold_batch(
             routed.states,
             routed.events,
@@ -124,19 +163,79 @@ class ApplyHandler:
             kafka_ts=routed.kafka_ts,
         )
         self._mark(routed, result.applied)
+        self.states.applied(high_water(records), len(records))
+        if replay:
+            return
         if self.trending:
             self._forward_trending(routed)
         for type_, n in result.applied_by_type.items():
             metrics.EVENTS.labels(type=type_).inc(n)
         if result.duplicates + duplicates:
             metrics.DUPLICATES.inc(result.duplicates + duplicates)
-        self.states.applied(high_water(records), len(records))
-        if self.states.waiting >= self.flush_after:
-            self.states.flush()
-        else:
-            self.producer.poll()
 
-    def _route(self, records: Sequence[Any], events: EventBatch, stamps: list[int]) -> _Routed:
+    def _since_flush(self) -> list[Sequence[Any]]:
+        """The fetches folded since the last flush (what a rollback must fold again)."""
+        if self._epoch != self.states.flushes:
+            self._epoch = self.states.flushes
+            self._folded = []
+        return self._folded
+
+    def _rollback(self) -> None:
+        """Back to the states of the last flush plus the fetches folded since, cleanly."""
+        self.states.rollback()
+        try:
+            for records in list(self._since_flush()):
+                self._fold_fetch(records, replay=True)
+        except FatalError:
+            raise
+        except Exception as exc:  # it worked the first time: something beyond one record
+            raise FatalError(f"records applied before fail when folded again: {exc}") from exc
+
+    def _isolate(self, records: Sequence[Any]) -> None:
+        """Handle a failed fetch one record at a time; dead-letter what keeps failing."""
+        self._rollback()
+        for record in records:
+            error: Exception | None = None
+            for _ in range(ATTEMPTS):
+                try:
+                    self._fold_fetch([record])
+                except FatalError:
+                    raise
+                except Exception as exc:
+                    error = exc
+                    self._rollback()
+                    continue
+                self._since_flush().append([record])
+                break
+            else:
+                assert error is not None
+                self._unprocessable(record, error)
+
+    def _unprocessable(self, record: Any, error: Exception) -> None:
+        """Dead-letter a record that failed every attempt; it counts as handled."""
+        log.error(
+            "record %s[%d]@%d dead-lettered as unprocessable after %d attempts: %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            ATTEMPTS,
+            type(error).__name__,
+            error,
+        )
+        try:
+            self.reject(
+                Rejection(RejectReason.unprocessable, f"{type(error).__name__}: {error}"[:2000]),
+                record,
+            )
+        except FatalError:
+            raise
+        except Exception as exc:  # a bounded dead letter that cannot be sent: not the record
+            raise FatalError(f"cannot send a dead letter: {exc}") from exc
+        self.states.applied(high_water([record]), 1)
+
+    def _route(
+        self, records: Sequence[Any], events: EventBatch, stamps: list[int], replay: bool
+    ) -> _Routed:
         """Keep the events on their user's partition under their user's key; re-key the
         others through the re-key topic (they come back here, or to their owner)."""
         rekey = self.topics.rekey
@@ -158,7 +257,8 @@ class ApplyHandler:
             if not from_rekey:
                 key = user.encode()
                 if record.partition != partition or record.key != key:
-                    self.producer.produce(rekey, key, record.value)
+                    if not replay:
+                        self.producer.produce(rekey, key, record.value)
                     continue
             slot = slot_of.get(user)
             if slot is None:
@@ -180,7 +280,7 @@ class ApplyHandler:
             kafka_ts,
         )
 
-    def _drop_known_ids(self, routed: _Routed, records: Sequence[Any]) -> int:
+    def _drop_known_ids(self, routed: _Routed, records: Sequence[Any], replay: bool) -> int:
         """Keep the events whose ids were not applied before (stream.core.dedup): an id
         re-sent is a duplicate, an event older than the id retention is dead-lettered (unless
         the settings apply it anyway). Returns the duplicates dropped."""
@@ -188,7 +288,7 @@ class ApplyHandler:
         verdict = self.dedup.check(routed.events, parts, routed.sources, routed.offsets)
         if not (verdict != FRESH).any():
             return 0
-        for i in np.flatnonzero(verdict == BEYOND).tolist():
+        for i in [] if replay else np.flatnonzero(verdict == BEYOND).tolist():
             ts = int(routed.events.ts[i])
             mark = self.dedup.watermark(parts[i])
             self.reject(
@@ -248,6 +348,7 @@ class ApplyHandler:
             partition=record.partition,
             offset=record.offset,
             value=record.value,
+            max_original=self.max_original,
         )
         metrics.REJECTED.labels(reason=rejection.reason).inc()
         self.producer.produce(self.topics.dlq, record.key, orjson.dumps(letter))

@@ -166,6 +166,7 @@ def build(settings: Settings) -> Worker:
         partition_of=partition_of,
         trending=settings.trending_enabled,
         flush_after=FLUSH_AFTER_BATCHES * settings.stream_batch_size,
+        max_original=settings.dlq_max_original_bytes,
     )
     rescorer = Rescorer(
         states,
@@ -194,6 +195,7 @@ def build(settings: Settings) -> Worker:
         writer,
         topic,
         trend_config(settings),
+        reject=apply.reject,
     )
     scan = PendingScan(
         states,
@@ -344,6 +346,11 @@ class _Guard:
                 await fn(batch)
             except FatalError as exc:  # the records stay unacknowledged: read again later
                 self.stop(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the handlers isolate records: this is not about one
+                log.debug("batch handler failed", exc_info=True)
+                self.stop(FatalError(f"a batch handler failed: {type(exc).__name__}: {exc}"))
 
         return run
 

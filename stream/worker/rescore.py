@@ -1,7 +1,10 @@
 """Dirty users -> ranking -> recommendation messages, on the rescore timer.
 
 Ranking runs in a worker thread with a timeout, so a failing or hanging scorer never
-blocks ingestion: the users stay dirty and are retried with exponential backoff. A message
+blocks ingestion: the users stay dirty and are retried with exponential backoff. The thread
+ranks snapshots of the states (:meth:`UserState.snapshot`), never the states the event
+loop keeps folding into, and the message is built from the same snapshot: its strengths,
+``as_of`` and ``events_applied`` describe one state. A message
 is one write to the recommendations table, whose changelog *is* the output topic; its
 version is one above the last message published for the user, which the table holds
 across restarts and rebalances.
@@ -209,7 +212,7 @@ class Rescorer:
 
     async def rescore_batch(self, taken: list[Taken]) -> bool:
         """Rank and publish one batch; False when the scorer failed (the caller retries)."""
-        states: list[UserState] = []
+        live: list[UserState] = []
         kept: list[Taken] = []
         vectors = self.vectors()
         for partition, user_id, ts in taken:
@@ -221,10 +224,11 @@ class Rescorer:
                 continue
             if vectors is not None and state.model_version != vectors.version:
                 rebase(state, vectors)
-            states.append(state)
+            live.append(state)
             kept.append((partition, user_id, ts))
-        if not states:
+        if not live:
             return True
+        states = [state.snapshot() for state in live]
         model_version = self.model_version()
         generation = self.generation()
         metrics.RESCORE_BATCH_SIZE.observe(len(states))
@@ -238,6 +242,8 @@ class Rescorer:
             log.warning("scorer call failed: %s", exc if str(exc) else type(exc).__name__)
             return False
         metrics.RESCORE_SECONDS.observe(time.perf_counter() - started)
+        for state, snapshot in zip(live, states, strict=True):
+            state.items.adopt_ids(snapshot.items)  # the ranking's interned ids, if still good
         if self.generation() != generation:
             return True  # a rebalance came in between: the replay after it marks them again
         self.publisher.publish(states, kept, recs, model_version)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from aiokafka.partitioner import murmur2
 
 from stream.core.codec import decode, encode
+from stream.core.errors import StorageFailed
 from stream.core.interest import InterestConfig, UserState, new_state
 from stream.worker import metrics
 
@@ -109,14 +110,18 @@ class StateStore:
         self.unsaved: dict[str, int] = {}  # user_id -> partition: folded, not yet written
         self.marks: dict[Any, int] = {}  # source partition -> highest offset the flush covers
         self.waiting = 0  # records applied and not yet covered by a flush
+        self.flushes = 0  # flushes so far: what was folded before the last one is written
 
     def read(self, user_id: str) -> UserState | None:
         """The cached state, else the one in the partition's RocksDB (read directly: Faust's
         table layers cost more than the read, and the key's partition is known)."""
         state = self.cache.get(user_id)
         if state is None:
-            db = self.table.data._db_for_partition(self.partition_of(user_id))
-            raw = db.get(user_id.encode())
+            partition = self.partition_of(user_id)
+            try:
+                raw = self.table.data._db_for_partition(partition).get(user_id.encode())
+            except Exception as exc:  # rocksdict raises plain Exceptions ("IO error: ...")
+                raise StorageFailed(f"RocksDB read in partition {partition} failed: {exc}") from exc
             if raw is None:
                 return None
             state = self._remember(decode(raw))
@@ -166,6 +171,7 @@ class StateStore:
         self.writer.seal(self.marks)
         self.marks = {}
         self.waiting = 0
+        self.flushes += 1
         self.writer.poll()
 
     def delete(self, partition: int, user_ids: list[str]) -> None:
@@ -188,6 +194,11 @@ class StateStore:
         """Drop every cached state with what was folded into it and not yet written:
         after a rebalance those records are read again from the committed offsets."""
         self.writer.forget()
+        self.rollback()
+
+    def rollback(self) -> None:
+        """Back to the last flush: drop the cached states (some may hold half a fold) with
+        what was folded since, which the caller folds again (stream.worker.apply)."""
         for companion in self.companions:
             companion.forget()
         self.unsaved.clear()

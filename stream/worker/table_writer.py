@@ -25,10 +25,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from confluent_kafka import KafkaException
 from faust.types import TP
 from rocksdict import WriteBatch, WriteOptions
 
-from stream.core.errors import DeliveryFailed
+from stream.core.errors import DeliveryFailed, FatalError, StorageFailed
 
 log = logging.getLogger("interest.writer")
 
@@ -71,11 +72,16 @@ class TableWriter:
     def put(self, store: Any, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         """Write ``key`` in the partition's RocksDB, then its changelog record (None deletes)."""
         db = store._db_for_partition(partition)
+        try:
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+        except Exception as exc:  # rocksdict raises plain Exceptions ("IO error: ...")
+            raise StorageFailed(f"RocksDB write for {topic}[{partition}] failed: {exc}") from exc
         if value is None:
-            db.delete(key)
             store._key_index.pop(key, None)
         else:
-            db.put(key, value)
             store._key_index[key] = partition
         self.stores.setdefault(topic, store)
         self.produce(topic, key, value, partition)
@@ -94,13 +100,22 @@ class TableWriter:
             index[key] = partition
             produce(topic, key, value, partition)
         for partition, wb in batches.items():
-            store._db_for_partition(partition).write(wb, write_opt=NO_WAL)
+            try:
+                store._db_for_partition(partition).write(wb, write_opt=NO_WAL)
+            except Exception as exc:  # rocksdict raises plain Exceptions ("IO error: ...")
+                raise StorageFailed(
+                    f"RocksDB write batch for {topic}[{partition}] failed: {exc}"
+                ) from exc
         self.stores.setdefault(topic, store)
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1
     ) -> None:
-        """A record of the current epoch (partition -1: murmur2 of the key)."""
+        """A record of the current epoch (partition -1: murmur2 of the key).
+
+        A full librdkafka queue is waited out, unless deliveries have started to fail (the
+        broker gone for good): that, and librdkafka's fatal errors, are :class:`FatalError`.
+        Other errors (a record too large, say) are about this record and propagate."""
         callback = self._callbacks.get(self.epoch)
         if callback is None:
             callback = self._callbacks[self.epoch] = self._on_delivery(self.epoch)
@@ -111,6 +126,14 @@ class TableWriter:
                 return
             except BufferError:  # librdkafka's queue is full: let it drain
                 self.producer.poll(0.05)
+                if self.failure is not None:
+                    self.outstanding[self.epoch] -= 1
+                    raise DeliveryFailed(f"records not delivered: {self.failure}") from None
+            except KafkaException as exc:
+                self.outstanding[self.epoch] -= 1
+                if exc.args and getattr(exc.args[0], "fatal", lambda: False)():
+                    raise FatalError(f"the Kafka producer failed: {exc}") from exc
+                raise
 
     def _on_delivery(self, epoch: int) -> Callable[[Any, Any], None]:
         def delivered(err: Any, msg: Any) -> None:

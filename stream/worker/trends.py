@@ -7,6 +7,9 @@ snapshots of the changed categories to a compacted topic. No worker owns all cat
 so every worker follows that topic from the beginning in a background thread
 (:class:`TrendingFollower`, no consumer group) and ranks from its local view without any
 network call.
+
+A by-category record that cannot be read, or a category whose fold fails, is dead-lettered
+as ``unprocessable`` (through ``reject``, the apply handler's) and the others go on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import orjson
 
 from stream.core.codec import decode_trend, encode_trend
+from stream.core.errors import FatalError
 from stream.core.messages import now_ms
 from stream.core.trending import (
     CategoryTrend,
@@ -30,7 +34,7 @@ from stream.core.trending import (
     new_trend,
     snapshot,
 )
-from stream.core.types import EventBatch
+from stream.core.types import EventBatch, Rejection, RejectReason
 from stream.worker import metrics
 from stream.worker.batch_consumer import high_water
 from stream.worker.state_store import Table, Writer
@@ -61,8 +65,10 @@ class TrendAggregator:
         writer: Writer,
         snapshots: str,
         config: TrendConfig,
+        reject: Callable[[Rejection, Any], None] = lambda _rejection, _record: None,
     ) -> None:
         self.table = table
+        self.reject = reject  # dead-letters a record (stream.worker.apply.ApplyHandler.reject)
         self.changelog = changelog
         self.writer = writer
         self.snapshots = snapshots  # the compacted snapshots topic
@@ -74,11 +80,22 @@ class TrendAggregator:
     async def fold(self, batch: Sequence[Any]) -> None:
         """Collect one fetch of by-category records (folded at the next publish)."""
         for msg in batch:
-            category = msg.key.decode()
+            try:
+                category = msg.key.decode()
+                rows = orjson.loads(msg.value)
+                if not isinstance(rows, list) or not all(
+                    isinstance(r, list) and len(r) == 7 for r in rows
+                ):
+                    raise ValueError("not a list of 7-column rows")
+            except Exception as exc:
+                self.reject(
+                    Rejection(RejectReason.unprocessable, f"{type(exc).__name__}: {exc}"), msg
+                )
+                continue
             entry = self.pending.get(category)
             if entry is None:
                 entry = self.pending[category] = (msg.partition, [])
-            entry[1].extend(orjson.loads(msg.value))
+            entry[1].extend(rows)
         for tp, offset in high_water(batch).items():
             if offset > self.marks.get(tp, -1):
                 self.marks[tp] = offset
@@ -103,7 +120,30 @@ class TrendAggregator:
         pending, self.pending = self.pending, {}
         marks, self.marks = self.marks, {}
         if pending:
-            self._fold_and_write(pending)
+            try:
+                self._fold_and_write(pending)
+            except FatalError:
+                raise
+            except Exception as exc:  # one category at a time: the failing ones are dropped
+                log.warning("trend fold failed (%s); folding one category at a time", exc)
+                self.cache.clear()  # some trends may hold half a fold: read them again
+                for category, entry in pending.items():
+                    try:
+                        self._fold_and_write({category: entry})
+                    except FatalError:
+                        raise
+                    except Exception as one:
+                        self.cache.pop(category, None)
+                        log.error(
+                            "dropped %d events of category %r: %s: %s",
+                            len(entry[1]),
+                            category,
+                            type(one).__name__,
+                            one,
+                        )
+                        metrics.REJECTED.labels(reason=RejectReason.unprocessable).inc(
+                            len(entry[1])
+                        )
         self.writer.seal(marks)
         self.writer.poll()
 

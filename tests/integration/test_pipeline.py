@@ -21,6 +21,7 @@ from tests.support.harness import (
     Collector,
     Stack,
     WorkerProc,
+    defective_records,
     events_fully_applied,
     expected_state,
     free_port,
@@ -188,37 +189,13 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
         worker.stop()
 
 
-def bad_records(user: str) -> list[tuple[bytes | None, bytes, str]]:
-    """(key, value, expected reason) for every rejection kind of the contract."""
-    good = {"user_id": user, "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
-
-    def with_(**kw: object) -> bytes:
-        return json.dumps({**good, **kw}).encode()
-
-    def without(field: str) -> bytes:
-        return json.dumps({k: v for k, v in good.items() if k != field}).encode()
-
-    return [
-        (b"x", b"{not json", "invalid_json"),
-        (b"x", b"\xff\xfe\x00garbage", "invalid_utf8"),
-        (b"x", b"[1, 2]", "not_object"),
-        (b"x", without("item_id"), "missing_field"),
-        (b"x", with_(ts="yesterday"), "wrong_type"),
-        (b"x", with_(item_id="i" * 129), "id_too_long"),
-        (b"x", with_(type="teleport"), "unknown_type"),
-        (b"x", with_(pad="p" * 70_000), "too_large"),
-        (b"x", with_(ts=4_102_444_800_000), "future_ts"),
-        (b"x", with_(dwell_ms=-5), "negative_value"),
-    ]
-
-
 def test_bad_records_go_to_dlq_and_duplicates_are_skipped(stack: Stack, tmp_path: Path) -> None:
     worker = WorkerProc(stack, tmp_path / "w1", "w1").start()
     dlq = Collector(stack.bootstrap, stack.dlq)
     recs = Collector(stack.bootstrap, stack.recommendations)
     try:
         worker.wait_ready()
-        bad = bad_records("u-bad")
+        bad = defective_records("u-bad")
         good = [
             (
                 b"u-good",

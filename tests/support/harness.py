@@ -201,8 +201,10 @@ def produce(
     topic: str,
     records: Iterable[tuple[bytes | None, bytes]],
     rate: float | None = None,
+    config: dict[str, Any] | None = None,
 ) -> int:
-    """Send (key, value) pairs with delivery reports; return how many were delivered."""
+    """Send (key, value) pairs with delivery reports; return how many were delivered.
+    ``config``: more producer settings (e.g. a larger ``message.max.bytes``)."""
     from confluent_kafka import Producer
 
     producer = Producer(
@@ -211,6 +213,7 @@ def produce(
             "partitioner": "murmur2_random",
             "linger.ms": 5,
             "enable.idempotence": True,
+            **(config or {}),
         }
     )
     delivered = 0
@@ -319,6 +322,30 @@ def taobao_records(events: Iterable[RawEvent]) -> list[tuple[bytes, bytes]]:
             ).encode(),
         )
         for e in events
+    ]
+
+
+def defective_records(user: str) -> list[tuple[bytes | None, bytes, str]]:
+    """(key, value, expected reason) for every rejection kind of the contract."""
+    good = {"user_id": user, "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
+
+    def with_(**kw: object) -> bytes:
+        return json.dumps({**good, **kw}).encode()
+
+    def without(field: str) -> bytes:
+        return json.dumps({k: v for k, v in good.items() if k != field}).encode()
+
+    return [
+        (b"x", b"{not json", "invalid_json"),
+        (b"x", b"\xff\xfe\x00garbage", "invalid_utf8"),
+        (b"x", b"[1, 2]", "not_object"),
+        (b"x", without("item_id"), "missing_field"),
+        (b"x", with_(ts="yesterday"), "wrong_type"),
+        (b"x", with_(item_id="i" * 129), "id_too_long"),
+        (b"x", with_(type="teleport"), "unknown_type"),
+        (b"x", with_(pad="p" * 70_000), "too_large"),
+        (b"x", with_(ts=4_102_444_800_000), "future_ts"),
+        (b"x", with_(dwell_ms=-5), "negative_value"),
     ]
 
 

@@ -7,10 +7,12 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 from faust.types import TP
 
 from stream.config import Settings, event_parser, interest_config
 from stream.core.dedup import DedupConfig
+from stream.core.interest import item_strengths
 from stream.core.scheduling import DirtyUsers
 from stream.worker.apply import REKEY_SOURCE_BASE, ApplyHandler, Topics
 from stream.worker.dedup import DedupStore
@@ -188,3 +190,128 @@ def test_old_ids_are_forgotten_a_slice_at_a_time() -> None:
     assert deleted == 30
     left = sum(len(db.data) for db in dbs.values())
     assert left == stored - 30  # the two recent ids and the watermarks stay
+
+
+# ----------------------------------------------------------------- no record stops a partition
+
+
+def _fold_failing_on(item: str, times: int | None = None) -> Any:
+    """fold_batch that folds, then raises if the batch holds ``item`` (states half folded:
+    what a bug in the middle of a fold leaves); ``times``: only the first so many times."""
+    from stream.core.interest import fold_batch
+
+    calls = {"n": 0}
+
+    def folding(states: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        result = fold_batch(states, batch, *args, **kwargs)
+        if item in batch.item_id and (times is None or calls["n"] < times):
+            calls["n"] += 1
+            raise RuntimeError(f"cannot fold {item}")
+        return result
+
+    return folding
+
+
+def _stream(w: World) -> list[list[FakeRecord]]:
+    """Three fetches of four users, the middle one holding the poison."""
+    fetches = []
+    for f in range(3):
+        fetch = [w.record(f"u{n}", f"i{f}-{n}", T0 + 10 * f + n) for n in range(4)]
+        if f == 1:
+            fetch.insert(2, w.record("u1", "poison", T0 + 15))
+        fetches.append(fetch)
+    return fetches
+
+
+def _encoded_states(w: World) -> dict[str, bytes]:
+    from stream.core.codec import encode
+
+    w.states.flush()
+    return {u: encode(w.states.read(u)) for u in ("u0", "u1", "u2", "u3")}
+
+
+def test_a_record_that_keeps_failing_is_dead_lettered_and_the_others_are_exact(
+    monkeypatch: Any,
+) -> None:
+    reference = World()
+    for fetch in _stream(reference):
+        reference.apply([r for r in fetch if b"poison" not in r.value])
+    w = World()
+    monkeypatch.setattr("stream.worker.apply.fold_batch", _fold_failing_on("poison"))
+    fetches = _stream(w)
+    for fetch in fetches:
+        w.apply(fetch)
+    [dead] = [orjson.loads(r.value) for r in w.producer.on("dlq")]
+    poison = fetches[1][2]
+    assert dead["reason"] == "unprocessable" and dead["offset"] == poison.offset
+    assert "RuntimeError: cannot fold poison" in dead["detail"]
+    assert _encoded_states(w) == _encoded_states(reference)  # half a fold rolled back
+    # every offset, the poison's included, is acknowledged once the flush is delivered
+    acked: dict[int, int] = {}
+    for marks in w.acked:
+        for tp, offset in marks.items():
+            acked[tp.partition] = max(acked.get(tp.partition, -1), offset)
+    assert acked == w.high_water()
+
+
+def test_a_failure_that_passes_is_retried_not_dead_lettered(monkeypatch: Any) -> None:
+    reference = World()
+    for fetch in _stream(reference):
+        reference.apply(fetch)
+    w = World()
+    monkeypatch.setattr("stream.worker.apply.fold_batch", _fold_failing_on("poison", times=2))
+    for fetch in _stream(w):
+        w.apply(fetch)
+    assert w.producer.on("dlq") == []
+    # one record at a time rounds to float32 after each event instead of once per fetch
+    for user in ("u0", "u1", "u2", "u3"):
+        got, want = w.states.read(user), reference.states.read(user)
+        assert (got.events_applied, got.offsets) == (want.events_applied, want.offsets)
+        for horizon in (0, 1):
+            assert item_strengths(got, horizon) == pytest.approx(
+                item_strengths(want, horizon), rel=1e-6
+            )
+    forwarded = [row for r in w.producer.on("by-category") for row in orjson.loads(r.value)]
+    # a rebuilt fetch forwards nothing again; the isolated one forwards each record once more
+    assert sum(1 for row in forwarded if row[1] == "poison") == 1
+
+
+def test_a_dead_letter_that_cannot_be_produced_is_unprocessable_not_a_crash() -> None:
+    """The contract's poison: producing a rejection fails (librdkafka's size check)."""
+    w = World()
+    real_produce = w.producer.produce
+
+    def produce(topic: str, value: bytes | None = None, *args: Any, **kwargs: Any) -> None:
+        if topic == "dlq" and value is not None and b"empty_id" in value:
+            from confluent_kafka import KafkaError, KafkaException
+
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        real_produce(topic, value, *args, **kwargs)
+
+    w.producer.produce = produce  # type: ignore[method-assign]
+    bad = w.record("u1", "", T0, raw=b'{"user_id": "u1", "item_id": "", "type": "click"}')
+    good = w.record("u2", "i1", T0)
+    w.apply([bad, good])
+    [dead] = [orjson.loads(r.value) for r in w.producer.on("dlq")]
+    assert dead["reason"] == "unprocessable" and dead["offset"] == bad.offset
+    assert "MSG_SIZE_TOO_LARGE" in dead["detail"]
+    assert w.states.read("u2").events_applied == 1
+
+
+def test_a_storage_failure_stops_the_worker_and_blames_no_record() -> None:
+    from stream.core.errors import StorageFailed
+
+    w = World(flush_after=1)
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise Exception("IO error: No space left on device")  # what rocksdict raises
+
+    for db in [w.table.data._db_for_partition(p) for p in range(PARTITIONS)]:
+        db.write = broken  # type: ignore[method-assign]
+    try:
+        w.apply([w.record("u1", "i1", T0)])
+    except StorageFailed as exc:
+        assert "No space left on device" in str(exc)
+    else:
+        raise AssertionError("a failed RocksDB write must stop the worker")
+    assert w.producer.on("dlq") == []

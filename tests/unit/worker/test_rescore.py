@@ -136,3 +136,33 @@ def test_published_log_knows_what_is_unpublished(events: int, published: int, ex
     state = World(FakeScorer()).states.read_or_new("a", CFG)
     state.events_applied = events
     assert log.last("a") == (7, published) and log.unpublished(state) is expect
+
+
+def test_the_ranking_reads_a_snapshot_while_the_loop_folds_on() -> None:
+    """Events folded during a ranking are not half-seen by it, and the message describes
+    the state that was ranked (the next round publishes the newer one)."""
+    w = World(FakeScorer())
+    for n in range(30):
+        w.event("a", f"i{n}", T0 + n)
+    original = w.rescorer.rank
+    ranked_counts: list[int] = []
+
+    def rank_while_folding(states: list[Any]) -> Any:
+        live = w.states.read("a")
+        assert all(s is not live for s in states)
+        ranked_counts.extend(s.events_applied for s in states)
+        if len(ranked_counts) == 1:
+            for n in range(30, 200):  # as the event loop would, meanwhile (new keys, bounding)
+                w.event("a", f"j{n}", T0 + n)
+        return original(states)
+
+    w.rescorer.rank = rank_while_folding
+    w.rescorer.budget.go_on = lambda *_: len(ranked_counts) < 1  # one batch this round
+    w.run(w.rescorer.rescore_dirty())
+    [message] = w.messages()
+    assert ranked_counts == [30] and message["events_applied"] == 30
+    assert all(item["item_id"].startswith("i") for item in message["items"])
+    assert w.dirty.count() == 1  # the events folded meanwhile are published next round
+    w.rescorer.budget.go_on = lambda *_: len(ranked_counts) < 2  # and one more
+    w.run(w.rescorer.rescore_dirty())
+    assert w.messages()[-1]["events_applied"] == 200 and w.messages()[-1]["version"] == 2

@@ -105,3 +105,20 @@ def test_the_follower_keeps_the_newest_snapshot_and_honours_tombstones() -> None
     assert set(follower.view) == {"c1", "c2"}
     follower.poll(consumer)
     assert set(follower.view) == {"c1"}
+
+
+def test_an_unreadable_record_or_a_failing_category_does_not_stop_the_others() -> None:
+    agg, table, _, acked = aggregator()
+    rejected: list[tuple[str, int]] = []
+    agg.reject = lambda rejection, record: rejected.append((rejection.reason, record.offset))
+    batch = [
+        FakeRecord("by-cat", 0, 0, b"c1", rows(("i1", 1))),
+        FakeRecord("by-cat", 0, 1, b"c2", b"{not json"),
+        FakeRecord("by-cat", 0, 2, b"c3", orjson.dumps([["u", "i3", "click", "late", 2.0, 0, 3]])),
+    ]
+    asyncio.run(agg.fold(batch))
+    assert rejected == [("unprocessable", 1)]
+    asyncio.run(agg.publish())  # c3's bad timestamp fails its fold: c1 is folded alone
+    assert decode_trend(table.get(b"c1")).items["i1"][1] == 2.0
+    assert table.get(b"c3") is None
+    assert acked == [{TP("by-cat", 0): 2}]  # the partition moves on
