@@ -5,6 +5,11 @@ users when it is absent), sent as JSON records in batches of one user's events, 
 the apply agent sees them.  Every figure is measured in this run, so the ratios compare
 like with like on whatever machine runs it.  Writes ``bench/results/core.json``.
 
+The dedup section times the event-id table (stream.worker.dedup, over real RocksDB stores in
+a temporary directory, changelog records to a counting stand-in for the producer): the
+batched check of every event of a fetch plus the flush's write, per event, and the bytes it
+keeps per remembered id.
+
 The parse section times the record parser alone on 100,000 valid records per kind: the
 0.2.0 parser (orjson plus hand-written checks, kept below as the baseline), today's
 per-record ``parse`` and the typed ``parse_batch`` over fetches of 500 records.
@@ -299,6 +304,89 @@ def stage_costs(
     }
 
 
+class _Stores:
+    """Faust's RocksDB store as the dedup table reads it: one real Rdict per partition."""
+
+    def __init__(self, root: Path, partitions: int) -> None:
+        from rocksdict import Options, Rdict
+
+        self._dbs = {
+            p: Rdict(str(root / f"p{p}"), Options(raw_mode=True)) for p in range(partitions)
+        }
+        self._key_index: dict[bytes, int] = {}
+
+    def _db_for_partition(self, partition: int) -> Any:
+        return self._dbs[partition]
+
+    def close(self) -> None:
+        for db in self._dbs.values():
+            db.close()
+
+
+class _CountingProducer:
+    """confluent-kafka's Producer as the table writer calls it, delivering at once."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def produce(self, topic: str, value: Any, key: Any, partition: int, on_delivery: Any) -> None:
+        self.records += 1
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+
+def dedup_costs(rows: list[tuple[str, str, str, str, int]]) -> dict[str, Any]:
+    """µs per event of the id table's batched check + write, and its bytes per id."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from stream.core.dedup import DedupConfig, id_key
+    from stream.core.types import EventBatch
+    from stream.worker.dedup import DedupStore
+    from stream.worker.state_store import UserPartitioner
+    from stream.worker.table_writer import TableWriter
+
+    partitions = 8
+    partition_of = UserPartitioner(partitions)
+    events = [
+        Event(u, i, b, t, derive_event_id(u, i, b, t), c, 1.0)
+        for u, i, c, b, t in sorted(rows, key=lambda r: r[4])  # as a topic interleaves them
+    ]
+    fetches = [EventBatch.of(events[n : n + FETCH]) for n in range(0, len(events), FETCH)]
+    parts = [[partition_of(u) for u in f.user_id] for f in fetches]
+    runs: list[float] = []
+    stored = 0
+    for _ in range(REPEATS):
+        with tempfile.TemporaryDirectory() as tmp:
+            stores = _Stores(Path(tmp), partitions)
+            writer = TableWriter(_CountingProducer(), ack=lambda _marks: None)
+            store = DedupStore(
+                SimpleNamespace(data=stores), "dedup-changelog", writer, DedupConfig()
+            )
+            offset = 0
+            start = time.perf_counter()
+            for fetch, part in zip(fetches, parts, strict=True):
+                offsets = list(range(offset, offset + len(fetch)))
+                offset += len(fetch)
+                store.check(fetch, part, part, offsets)
+                store.write()
+            runs.append((time.perf_counter() - start) / len(events) * 1e6)
+            stored = sum(1 for db in stores._dbs.values() for _ in db.items())
+            stores.close()
+    runs.sort()
+    key_bytes = statistics.mean(len(id_key(e.user_id, e.event_id)) for e in events)
+    from stream.core.dedup import ENTRY_BYTES
+
+    return {
+        "events": len(events),
+        "fetch": FETCH,
+        "us_per_event": {"best": runs[0], "worst": runs[-1], "runs": runs},
+        "ids_stored": stored,
+        "bytes_per_id": key_bytes + ENTRY_BYTES,
+    }
+
+
 def main() -> None:
     rows = load_rows()
     batches = make_batches(rows)
@@ -357,6 +445,14 @@ def main() -> None:
         f"state bytes per user at d=64 ({size['users']} users): median {size['median']}, "
         f"p90 {size['p90']}, max {size['max']} (<= {size['max_categories_held']} categories, "
         f"<= {size['max_items_held']} items)"
+    )
+    dedup = dedup_costs(rows)
+    results["dedup"] = dedup
+    print(
+        f"event-id table: check + write {dedup['us_per_event']['best']:.2f} "
+        f"({dedup['us_per_event']['worst']:.2f}) us/event over {dedup['events']} events in "
+        f"fetches of {FETCH}; {dedup['bytes_per_id']:.1f} bytes per remembered id "
+        f"(key + entry), {dedup['ids_stored']} ids stored"
     )
     parse = parse_costs(rows)
     results["parse_us_per_record"] = {

@@ -2,6 +2,7 @@
 
     python bench/bench_pipeline.py --events 100000 --users 20000 [--repeat 3]
                                    [--bootstrap HOST:PORT] [--skip PHASE ...]
+                                   [--baseline PATH]
 
 One synthetic stream (stream.tools.synthetic.generate, seed 5, starting one hour ago) fills
 an 8-partition topic once. Then ``--repeat`` rounds each run every Kafka phase once, so a
@@ -40,6 +41,17 @@ and, offline on the same events (no Kafka, one process, best of --stage-repeats)
                 generate_batch), features (components_of + blend_scores), top-k, publish
                 (the message JSON as Publisher.publish builds it)
 
+With --baseline PATH (another checkout of the project, e.g. an older commit), every round
+also runs trending_off, rescore_off, backlog and full for that checkout, each right beside
+the candidate's (who goes first alternates by round). Its workers are this interpreter run
+in PATH (working directory and PYTHONPATH), on the same topic, each with its own app id and
+recommendations topic, given only the INTEREST_ settings its Settings know. The latency
+phase then runs on one worker per version, each on its own copy of the topic (on the shared
+one, each would also fold the other's live events), at 50% of that version's median
+full-path rate, window w of both back to back. The JSON adds "baseline" (its runs, spreads,
+commit, settings not passed) and "comparison" (per phase: both spreads and the per-round
+ratios candidate/baseline); the summary prints both side by side with the ratio.
+
 Results: bench/results/pipeline.json (every run's value, min/median/max, settings, cpu
 count, date, git commit and the files modified in the tree) and a summary table. Figures
 are only compared within one run: the machine is shared and noisy.
@@ -68,6 +80,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +134,115 @@ PUBLISHED = "interest_recommendations_published_total"
 LATENCY_HIST = "interest_event_to_recommendation_seconds"
 
 
+ENV_PREFIX = "INTEREST_"
+# what --baseline compares, per round: phase -> (key of a run, unit, row title)
+COMPARED = {
+    "full": ("events_per_s", "events/s", "one worker, full path"),
+    "rescore_off": ("events_per_s", "events/s", "one worker, rescoring off"),
+    "backlog": ("users_per_s", "users/s", "backlog rescoring (no events)"),
+    "trending_off": ("events_per_s", "events/s", "one worker, trending off"),
+}
+
+
 class BenchError(Exception):
     """A phase could not be measured; the message says what was awaited and what was seen."""
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def checkout_settings(repo: Path) -> dict[str, Any]:
+    """The settings another checkout knows, asked of its own code (a child process run as
+    its workers are: that directory as working directory and PYTHONPATH, this interpreter).
+    Its Settings live in stream.settings (0.2.0) or stream.config (later)."""
+    code = (
+        "import json, sys, stream\n"
+        "try:\n"
+        "    from stream.settings import Settings\n"
+        "except ImportError:\n"
+        "    from stream.config import Settings\n"
+        "print(json.dumps({'fields': sorted(Settings.model_fields), "
+        "'extra': Settings.model_config.get('extra'), 'module': Settings.__module__, "
+        "'file': sys.modules[Settings.__module__].__file__, 'package': stream.__file__}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"--baseline {repo}: cannot read its settings:\n{proc.stderr[-2000:]}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("package", "file"):  # an installed (editable) copy must not shadow it
+        if not Path(info[key]).resolve().is_relative_to(repo.resolve()):
+            raise SystemExit(f"--baseline {repo}: its settings were read from {info[key]}")
+    return info
+
+
+class CheckoutWorker(WorkerProc):
+    """An `interest worker` of another checkout: started from that directory (working
+    directory and PYTHONPATH) with this interpreter, given only the INTEREST_ settings
+    that version knows (``known``: lower-case field names); the others are left out and
+    named in ``dropped``."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        data_dir: Path,
+        name: str,
+        *,
+        repo: Path,
+        known: set[str],
+        **extra_env: str,
+    ) -> None:
+        super().__init__(stack, data_dir, name, **extra_env)
+        self.repo = repo
+        self.known = known
+        self.dropped: list[str] = []
+
+    def start(self) -> CheckoutWorker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = self.stack.env(self.data_dir, self.port, **self.extra_env)
+        self.dropped = sorted(
+            k
+            for k in env
+            if k.startswith(ENV_PREFIX)
+            and k != "INTEREST_CONFIG"
+            and k[len(ENV_PREFIX) :].lower() not in self.known
+        )
+        for k in self.dropped:
+            del env[k]
+        env["PYTHONPATH"] = str(self.repo)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            cwd=self.repo,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+
+@dataclass
+class Version:
+    """One checkout under test: the candidate (this one) or the --baseline."""
+
+    label: str  # "candidate" / "baseline"
+    repo: Path
+    tag: str  # prefix of its app ids, worker names and directories ("" for the candidate)
+    runs: dict[str, list[dict[str, Any]]]
+    known: set[str] | None = None  # settings it knows; None: this checkout, all of them
+    settings_info: dict[str, Any] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)  # settings not passed to its workers
+    latency_worker: dict[str, Any] = field(default_factory=dict)
 
 
 def wait_until(
@@ -307,6 +427,23 @@ class Bench:
         self.keep: WorkerProc | None = None  # the last full-path worker, for the latency phase
         self.keep_recs = ""
         self.keep_env: dict[str, str] = {}
+        self.candidate = Version("candidate", REPO, "", self.runs)
+        self.baseline: Version | None = None
+        if args.baseline:
+            info = args.baseline_settings  # checkout_settings(args.baseline), read in main
+            self.baseline = Version(
+                "baseline",
+                args.baseline,
+                "base-",
+                defaultdict(list),
+                known=set(info["fields"]),
+                settings_info=info,
+            )
+        self.versions = [self.candidate] + ([self.baseline] if self.baseline else [])
+
+    def label(self, phase: str, ver: Version) -> str:
+        """A phase's name in messages: with --baseline, also whose run it is."""
+        return phase if self.baseline is None else f"{phase} [{ver.label}]"
 
     # ------------------------------------------------------------------ workers
 
@@ -315,8 +452,23 @@ class Bench:
         app_id = f"{tag}-{self.suffix}-{rnd}"
         return {"INTEREST_APP_ID": app_id, "INTEREST_TOPIC_RECOMMENDATIONS": f"recs-{app_id}"}
 
-    def start(self, name: str, env: dict[str, str], data_dir: Path | None = None) -> WorkerProc:
-        worker = WorkerProc(self.stack, data_dir or self.tmp / name, name, **env).start()
+    def start(
+        self,
+        name: str,
+        env: dict[str, str],
+        data_dir: Path | None = None,
+        ver: Version | None = None,
+    ) -> WorkerProc:
+        ver = ver or self.candidate
+        data_dir = data_dir or self.tmp / name
+        worker: WorkerProc
+        if ver.known is None:
+            worker = WorkerProc(self.stack, data_dir, name, **env).start()
+        else:
+            worker = CheckoutWorker(
+                self.stack, data_dir, name, repo=ver.repo, known=ver.known, **env
+            ).start()
+            ver.dropped.update(worker.dropped)
         worker.started_at = time.perf_counter()  # type: ignore[attr-defined]
         self.workers.append(worker)
         return worker
@@ -499,9 +651,17 @@ class Bench:
         self.runs["raw"].append({"round": rnd, "events_per_s": rate, "seconds": seconds})
         print(f"  raw aiokafka consumer: {rate:,.0f} events/s")
 
-    def phase_one(self, rnd: int, phase: str, extra: dict[str, str], keep: bool = False) -> None:
-        env = {**self.app(phase, rnd), **extra}
-        worker = self.start(f"{phase}-{rnd}", env)
+    def phase_one(
+        self,
+        rnd: int,
+        phase: str,
+        extra: dict[str, str],
+        keep: bool = False,
+        ver: Version | None = None,
+    ) -> None:
+        ver = ver or self.candidate
+        env = {**self.app(ver.tag + phase, rnd), **extra}
+        worker = self.start(f"{ver.tag}{phase}-{rnd}", env, ver=ver)
         try:
             m = self.measure_apply([worker], self.apply_timeout)
         except BaseException:
@@ -509,8 +669,10 @@ class Bench:
             self.cleanup(env, [worker.data_dir])
             raise
         m["round"] = rnd
-        self.runs[phase].append(m)
-        print(f"  {phase}: {m['events_per_s']:,.0f} events/s ({m['seconds']:.1f} s)")
+        ver.runs[phase].append(m)
+        print(
+            f"  {self.label(phase, ver)}: {m['events_per_s']:,.0f} events/s ({m['seconds']:.1f} s)"
+        )
         if keep:
             self.keep, self.keep_recs = worker, env["INTEREST_TOPIC_RECOMMENDATIONS"]
             self.keep_env = env
@@ -518,20 +680,21 @@ class Bench:
         m["clean_stop"] = self.stop(worker)
         self.cleanup(env, [worker.data_dir])
 
-    def phase_rescore_off_and_backlog(self, rnd: int) -> None:
-        env = {**self.app("rescore-off", rnd), "INTEREST_RESCORE_INTERVAL_MS": "3600000"}
-        data_dir = self.tmp / f"rescore-off-{rnd}"
-        worker = self.start(f"rescore_off-{rnd}", env, data_dir)
+    def phase_rescore_off_and_backlog(self, rnd: int, ver: Version | None = None) -> None:
+        ver = ver or self.candidate
+        env = {**self.app(f"{ver.tag}rescore-off", rnd), "INTEREST_RESCORE_INTERVAL_MS": "3600000"}
+        data_dir = self.tmp / f"{ver.tag}rescore-off-{rnd}"
+        worker = self.start(f"{ver.tag}rescore_off-{rnd}", env, data_dir, ver=ver)
         dirs = [data_dir]
         try:
             m = self.measure_apply([worker], self.apply_timeout)
             published = metric_value(worker.metrics(), PUBLISHED)
             m.update(round=rnd, published_while_applying=published)
             m["clean_stop"] = self.stop(worker)
-            self.runs["rescore_off"].append(m)
+            ver.runs["rescore_off"].append(m)
             print(
-                f"  rescore_off: {m['events_per_s']:,.0f} events/s ({m['seconds']:.1f} s, "
-                f"{published:g} published, clean stop {m['clean_stop']})"
+                f"  {self.label('rescore_off', ver)}: {m['events_per_s']:,.0f} events/s "
+                f"({m['seconds']:.1f} s, {published:g} published, clean stop {m['clean_stop']})"
             )
             if "backlog" in self.skip:
                 return
@@ -540,17 +703,18 @@ class Bench:
                 "INTEREST_RESCORE_INTERVAL_MS": BENCH_ENV["INTEREST_RESCORE_INTERVAL_MS"],
                 "INTEREST_LOG_LEVEL": "INFO",  # for the pending scan's "found N users" line
             }
-            again = self.start(f"backlog-{rnd}", restart_env, data_dir)
+            again = self.start(f"{ver.tag}backlog-{rnd}", restart_env, data_dir, ver=ver)
             try:
                 b = self.measure_backlog(again, self.publish_timeout)
             finally:
                 self.stop(again)
             b["round"] = rnd
-            self.runs["backlog"].append(b)
+            ver.runs["backlog"].append(b)
             print(
-                f"  backlog: {b['users_per_s']:,.0f} users/s ({b['users_published']:g} users in "
-                f"{b['seconds']:.1f} s; scan found {b['pending_scan_found']}, "
-                f"{b['events_applied_again_at_restart']:g} events applied again)"
+                f"  {self.label('backlog', ver)}: {b['users_per_s']:,.0f} users/s "
+                f"({b['users_published']:g} users in {b['seconds']:.1f} s; scan found "
+                f"{b['pending_scan_found']}, {b['events_applied_again_at_restart']:g} events "
+                "applied again)"
             )
         finally:
             self.stop(worker)
@@ -588,29 +752,44 @@ class Bench:
             self.cleanup(env, [w.data_dir for w in pair])
 
     def run_round(self, rnd: int, last: bool) -> None:
+        """One run of every phase; with --baseline, each of the four compared phases runs
+        for both versions back to back (candidate first in odd rounds, baseline first in
+        even ones, so that neither always runs on the machine the other just warmed)."""
         print(f"round {rnd + 1} of {self.args.repeat}")
-        steps: list[tuple[str, Callable[[], None]]] = [
-            ("raw", lambda: self.phase_raw(rnd)),
-            (
-                "trending_off",
-                lambda: self.phase_one(rnd, "trending_off", {"INTEREST_TRENDING_ENABLED": "false"}),
-            ),
-            ("rescore_off", lambda: self.phase_rescore_off_and_backlog(rnd)),
-            ("two_workers", lambda: self.phase_two_workers(rnd)),
-            (
-                "full",
-                lambda: self.phase_one(rnd, "full", {}, keep=last and "latency" not in self.skip),
-            ),
+        # with --baseline the latency phase has workers of its own (phase_latency_versions)
+        keep = last and "latency" not in self.skip and self.baseline is None
+        order = self.versions if rnd % 2 == 0 else self.versions[::-1]
+        cand = self.candidate
+        trending_off = {"INTEREST_TRENDING_ENABLED": "false"}
+        steps: list[tuple[str, Version, Callable[[], None]]] = [
+            ("raw", cand, lambda: self.phase_raw(rnd)),
+            *[
+                (
+                    "trending_off",
+                    v,
+                    lambda v=v: self.phase_one(rnd, "trending_off", trending_off, ver=v),
+                )
+                for v in order
+            ],
+            *[
+                ("rescore_off", v, lambda v=v: self.phase_rescore_off_and_backlog(rnd, v))
+                for v in order
+            ],
+            ("two_workers", cand, lambda: self.phase_two_workers(rnd)),
+            *[
+                ("full", v, lambda v=v: self.phase_one(rnd, "full", {}, keep=keep, ver=v))
+                for v in order
+            ],
         ]
         if "rescore_off" in self.skip and "backlog" not in self.skip and rnd == 0:
             self.errors.append("backlog: needs the rescore_off phase (skipped)")
-        for name, step in steps:
+        for name, ver, step in steps:
             if name in self.skip:
                 continue
             try:
                 step()
             except BenchError as exc:
-                msg = f"round {rnd + 1} {name}: {exc}"
+                msg = f"round {rnd + 1} {self.label(name, ver)}: {exc}"
                 self.errors.append(msg)
                 print(f"  FAILED {msg}")
 
@@ -658,7 +837,13 @@ class Bench:
         rate: float,
         window: int,
         users: int,
+        topic: str | None = None,
+        ver: Version | None = None,
     ) -> None:
+        """One window: ``live`` sent to ``topic`` (default: the bench's events topic) at
+        ``rate``, recorded in ``ver``'s runs (default: the candidate's)."""
+        topic = topic or self.stack.events
+        ver = ver or self.candidate
         prefix = f"live{window}-"
         self.wait_published(worker, self.publish_timeout)
         before = histogram(worker.metrics(), LATENCY_HIST)
@@ -684,7 +869,7 @@ class Bench:
                     while True:
                         try:
                             producer.produce(
-                                self.stack.events,
+                                topic,
                                 key=value["user_id"].encode(),
                                 value=orjson.dumps(value),
                             )
@@ -717,7 +902,9 @@ class Bench:
                 if health and health.get("dirty_users") == 0:
                     break
             if now > deadline:
-                self.errors.append(f"latency window {window}: not drained in time")
+                self.errors.append(
+                    f"{self.label('latency', ver)} window {window}: not drained in time"
+                )
                 break
         thread.join(5)
         after = histogram(worker.metrics(), LATENCY_HIST)
@@ -741,12 +928,119 @@ class Bench:
             "worker_histogram": histogram_quantiles(before, after, (0.5, 0.95, 0.99)),
             "latencies_ms": lat,  # dropped from the JSON (kept for the pooled percentiles)
         }
-        self.runs["latency"].append(result)
+        ver.runs["latency"].append(result)
         print(
-            f"  latency window {window + 1}: {len(lat)} messages, p50 {result['p50_ms']} ms, "
-            f"p99 {result['p99_ms']} ms, max {result['max_ms']} ms; worker histogram "
-            f"{result['worker_histogram']}"
+            f"  {self.label('latency', ver)} window {window + 1}: {len(lat)} messages, "
+            f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms; "
+            f"worker histogram {result['worker_histogram']}"
         )
+
+    def make_events_topic(self, name: str) -> None:
+        """An events topic like the bench's (PARTITIONS partitions, the project's configs)."""
+        from stream.config import load_settings
+        from stream.worker.kafka_clients import ensure_topics
+
+        ensure_topics(
+            load_settings(
+                None,
+                {
+                    "kafka_bootstrap": self.bootstrap,
+                    "topic_events": name,
+                    "topic_dlq": self.stack.dlq,
+                    "topic_recommendations": self.stack.recommendations,
+                    "app_id": f"app-{self.suffix}",
+                    "events_partitions": PARTITIONS,
+                },
+            )
+        )
+
+    def phase_latency_versions(self) -> None:
+        """--baseline: the latency phase of both versions, window by window.
+
+        The bench's topic cannot serve: a worker on it would also fold (and publish for)
+        the other version's live events, so each version gets a copy of the topic (the
+        same records), one worker that applies it and publishes its backlog (not
+        measured), then its windows at 50% of its own median full-path rate; window w of
+        both versions run back to back (order alternating). Between its windows a worker
+        is idle: no events reach it."""
+        from confluent_kafka import Consumer
+
+        ready: list[tuple[Version, WorkerProc, Any, list[dict[str, Any]], float, str]] = []
+        teardown: list[tuple[WorkerProc, dict[str, str], str]] = []
+        users = self.args.latency_users or self.args.users
+        try:
+            for ver in self.versions:
+                full = [r["events_per_s"] for r in ver.runs.get("full", [])]
+                if not full:
+                    self.errors.append(
+                        f"{self.label('latency', ver)}: needs the full phase (skipped or failed)"
+                    )
+                    continue
+                rate = 0.5 * statistics.median(full)
+                topic = f"events-{ver.tag}latency-{self.suffix}"
+                env = {**self.app(f"{ver.tag}latency", 0), "INTEREST_TOPIC_EVENTS": topic}
+                consumer = None
+                try:
+                    self.make_events_topic(topic)
+                    produce(self.bootstrap, topic, records(self.events))
+                    worker = self.start(f"{ver.tag}latency", env, ver=ver)
+                    teardown.append((worker, env, topic))
+                    m = self.measure_apply([worker], self.apply_timeout)
+                    published = self.wait_published(worker, self.publish_timeout)
+                    consumer = Consumer(
+                        {
+                            "bootstrap.servers": self.bootstrap,
+                            "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+                            "auto.offset.reset": "latest",
+                            "enable.auto.commit": False,
+                        }
+                    )
+                    consumer.subscribe([env["INTEREST_TOPIC_RECOMMENDATIONS"]])
+                    wait_until(
+                        lambda c=consumer: c.poll(0.2) is None and c.assignment(),
+                        30,
+                        "latency consumer got no partitions",
+                    )
+                except BenchError as exc:
+                    if consumer is not None:
+                        consumer.close()
+                    self.errors.append(f"{self.label('latency', ver)}: {exc}")
+                    print(f"  FAILED {self.label('latency', ver)}: {exc}")
+                    continue
+                ver.latency_worker = {
+                    "topic": topic,
+                    "rate_events_per_s": rate,
+                    "prepare_events_per_s": m["events_per_s"],
+                    "prepare_published": published,
+                }
+                print(
+                    f"latency [{ver.label}]: worker ready on {topic} (applied at "
+                    f"{m['events_per_s']:,.0f} events/s, {published:g} published); live "
+                    f"events at {rate:,.0f} events/s"
+                )
+                n = max(1, int(rate * self.args.latency_seconds))
+                live = generate(users, n, seed=99, start_ms=int(time.time() * 1000))
+                ready.append((ver, worker, consumer, live, rate, topic))
+            for window in range(self.args.repeat):
+                for ver, worker, consumer, live, rate, topic in (
+                    ready if window % 2 == 0 else ready[::-1]
+                ):
+                    try:
+                        alive(worker)
+                        self._latency_window(
+                            worker, consumer, live, rate, window, users, topic=topic, ver=ver
+                        )
+                    except BenchError as exc:
+                        self.errors.append(f"{self.label('latency', ver)} window {window}: {exc}")
+                        print(f"  FAILED {self.label('latency', ver)} window {window}: {exc}")
+        finally:
+            for _ver, _worker, consumer, *_ in ready:
+                with contextlib.suppress(Exception):
+                    consumer.close()
+            for worker, env, topic in teardown:
+                self.stop(worker)
+                self.cleanup(env, [worker.data_dir])
+                delete_topics(self.bootstrap, [], [topic])
 
     @property
     def apply_timeout(self) -> float:
@@ -1083,11 +1377,11 @@ def run_stages(
 # --------------------------------------------------------------------------- report
 
 
-def git_info() -> dict[str, Any]:
+def git_info(repo: Path = REPO) -> dict[str, Any]:
     def run(*cmd: str) -> str:
         try:
             return subprocess.run(
-                cmd, cwd=REPO, capture_output=True, text=True, timeout=30, check=False
+                cmd, cwd=repo, capture_output=True, text=True, timeout=30, check=False
             ).stdout.rstrip("\n")
         except OSError:
             return ""
@@ -1097,29 +1391,35 @@ def git_info() -> dict[str, Any]:
     return {"commit": run("git", "rev-parse", "HEAD"), "modified_files": modified}
 
 
-def summarise(bench: Bench, stages: dict[str, Any] | None, args: argparse.Namespace) -> dict:
-    runs = bench.runs
-    rates = {
-        phase: spread([r["events_per_s"] for r in runs.get(phase, [])])
-        for phase in ("raw", "trending_off", "rescore_off", "two_workers", "full")
+def rates_of(runs: dict[str, list[dict[str, Any]]], phases: Sequence[str]) -> dict[str, Any]:
+    return {
+        phase: spread(
+            [
+                r["users_per_s" if phase == "backlog" else "events_per_s"]
+                for r in runs.get(phase, [])
+            ]
+        )
+        for phase in phases
     }
-    rates["backlog"] = spread([r["users_per_s"] for r in runs.get("backlog", [])])
 
-    def per_round(a: str, b: str) -> dict[str, Any]:
-        """a/b within each round (same noise), then the spread of those ratios."""
-        left = {r["round"]: r["events_per_s"] for r in runs.get(a, [])}
-        right = {r["round"]: r["events_per_s"] for r in runs.get(b, [])}
-        return spread([left[k] / right[k] for k in sorted(left) if k in right])
 
-    ratios = {
-        "full_to_raw": per_round("full", "raw"),
-        "rescore_off_to_full": per_round("rescore_off", "full"),
-        "trending_on_to_off": per_round("full", "trending_off"),
-        "two_workers_to_one": per_round("two_workers", "full"),
-    }
-    lat_runs = runs.get("latency", [])
+def per_round(
+    runs_a: dict[str, list[dict[str, Any]]],
+    a: str,
+    runs_b: dict[str, list[dict[str, Any]]],
+    b: str,
+    key: str = "events_per_s",
+    by: str = "round",
+) -> dict[str, Any]:
+    """a/b within each round (same noise), then the spread of those ratios."""
+    left = {r[by]: r[key] for r in runs_a.get(a, []) if r.get(key) is not None}
+    right = {r[by]: r[key] for r in runs_b.get(b, []) if r.get(key) is not None}
+    return spread([left[k] / right[k] for k in sorted(left) if right.get(k)])
+
+
+def latency_of(lat_runs: list[dict[str, Any]]) -> dict[str, Any]:
     pooled = np.array([x for r in lat_runs for x in r["latencies_ms"]], dtype=float)
-    latency = {
+    return {
         "windows": [{k: v for k, v in r.items() if k != "latencies_ms"} for r in lat_runs],
         "messages": len(pooled),
         **{
@@ -1133,7 +1433,44 @@ def summarise(bench: Bench, stages: dict[str, Any] | None, args: argparse.Namesp
         }
         | {"max_ms": float(pooled.max()) if len(pooled) else None},
     }
-    return {
+
+
+def compare(bench: Bench) -> dict[str, Any]:
+    """--baseline: per compared phase, both versions' runs and spreads and the per-round
+    ratios candidate/baseline; for latency, per window."""
+    assert bench.baseline is not None
+    cand, base = bench.candidate.runs, bench.baseline.runs
+    out: dict[str, Any] = {
+        "ratio": "candidate / baseline, within a round (latency: within a window index)",
+    }
+    for phase, (key, unit, _title) in COMPARED.items():
+        out[phase] = {
+            "unit": unit,
+            "candidate": spread([r[key] for r in cand.get(phase, [])]),
+            "baseline": spread([r[key] for r in base.get(phase, [])]),
+            "ratio": per_round(cand, phase, base, phase, key),
+        }
+    for q in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
+        out[f"latency_{q}"] = {
+            "unit": "ms",
+            "candidate": spread([r[q] for r in cand.get("latency", []) if r[q] is not None]),
+            "baseline": spread([r[q] for r in base.get("latency", []) if r[q] is not None]),
+            "ratio": per_round(cand, "latency", base, "latency", q, by="window"),
+        }
+    return out
+
+
+def summarise(bench: Bench, stages: dict[str, Any] | None, args: argparse.Namespace) -> dict:
+    runs = bench.runs
+    rates = rates_of(runs, ("raw", "trending_off", "rescore_off", "two_workers", "full", "backlog"))
+    ratios = {
+        "full_to_raw": per_round(runs, "full", runs, "raw"),
+        "rescore_off_to_full": per_round(runs, "rescore_off", runs, "full"),
+        "trending_on_to_off": per_round(runs, "full", runs, "trending_off"),
+        "two_workers_to_one": per_round(runs, "two_workers", runs, "full"),
+    }
+    latency = latency_of(runs.get("latency", []))
+    result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": git_info(),
         "machine": {
@@ -1164,6 +1501,30 @@ def summarise(bench: Bench, stages: dict[str, Any] | None, args: argparse.Namesp
         "errors": bench.errors,
         "targets": {"ratio": 0.3, "events_per_s": 20_000, "p99_ms": 1000, "trending_ratio": 0.7},
     }
+    base = bench.baseline
+    if base is not None:
+        brun = base.runs
+        result["settings"]["baseline"] = str(base.repo)
+        result["settings"]["latency_workers"] = (
+            "one per version on its own copy of the events topic (phase_latency_versions)"
+        )
+        result["latency"]["worker"] = bench.candidate.latency_worker
+        result["baseline"] = {
+            "path": str(base.repo),
+            "git": git_info(base.repo),
+            "settings_module": base.settings_info.get("module"),
+            "settings_extra": base.settings_info.get("extra"),
+            "settings_not_passed": sorted(base.dropped),  # set here, unknown to that version
+            "rates": rates_of(brun, tuple(COMPARED)),
+            "ratios": {
+                "rescore_off_to_full": per_round(brun, "rescore_off", brun, "full"),
+                "trending_on_to_off": per_round(brun, "full", brun, "trending_off"),
+            },
+            "latency": latency_of(brun.get("latency", [])) | {"worker": base.latency_worker},
+            "runs": {k: v for k, v in brun.items() if k != "latency"},
+        }
+        result["comparison"] = compare(bench)
+    return result
 
 
 def fmt(x: Any, digits: int = 0) -> str:
@@ -1191,6 +1552,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("two workers / one", r["two_workers_to_one"]),
     ]
     print()
+    if "comparison" in result:
+        print(f"candidate (this checkout, {result['git']['commit'][:7]})")
     print(f"{'phase':34} {'unit':9} {'min':>10} {'median':>10} {'max':>10}  runs")
     for name, unit, s in rows:
         print(
@@ -1220,6 +1583,8 @@ def print_table(result: dict[str, Any]) -> None:
                 f"p95 {fmt(h.get('p95_s'), 3)} p99 {fmt(h.get('p99_s'), 3)} over {h['count']} "
                 "observations"
             )
+    if "comparison" in result:
+        print_comparison(result)
     st = result["stages"]
     if st:
         pe, pu = st["us_per_event"], st["us_per_user"]
@@ -1240,6 +1605,51 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"ERROR {err}")
 
 
+def print_comparison(result: dict[str, Any]) -> None:
+    """--baseline: both versions side by side (medians of their runs, min-max below them in
+    the JSON), and the spread of the per-round ratios candidate/baseline."""
+    cmp, base = result["comparison"], result["baseline"]
+    print()
+    print(
+        f"candidate vs baseline {base['path']} ({base['git']['commit'][:7]}): medians of the "
+        "runs; ratio = candidate/baseline within a round (latency: a window)"
+    )
+    print(
+        f"{'phase':34} {'unit':9} {'candidate':>10} {'baseline':>10}  "
+        f"{'ratio min':>9} {'median':>7} {'max':>7}  pairs"
+    )
+    rows = [(title, phase) for phase, (_k, _u, title) in COMPARED.items()]
+    rows += [(f"latency {q} per message", f"latency_{q}_ms") for q in ("p50", "p95", "p99", "max")]
+    for title, key in rows:
+        c = cmp[key]
+        digits = 0 if c["unit"] != "ms" else 1
+        print(
+            f"{title:34} {c['unit']:9} {fmt(c['candidate']['median'], digits):>10} "
+            f"{fmt(c['baseline']['median'], digits):>10}  {fmt(c['ratio']['min'], 2):>9} "
+            f"{fmt(c['ratio']['median'], 2):>7} {fmt(c['ratio']['max'], 2):>7}  "
+            f"{len(c['ratio']['runs'])}"
+        )
+    rate = {
+        "candidate": result["latency"].get("worker", {}).get("rate_events_per_s"),
+        "baseline": base["latency"].get("worker", {}).get("rate_events_per_s"),
+    }
+    if any(rate.values()):
+        print(
+            f"latency: live events at {fmt(rate['candidate'])} events/s (candidate), "
+            f"{fmt(rate['baseline'])} events/s (baseline); worker histograms (s) per window:"
+        )
+        for label, lat in (("candidate", result["latency"]), ("baseline", base["latency"])):
+            for w in lat["windows"]:
+                h = w["worker_histogram"]
+                print(
+                    f"  {label:9} window {w['window'] + 1}: p50 {fmt(h.get('p50_s'), 3)} "
+                    f"p95 {fmt(h.get('p95_s'), 3)} p99 {fmt(h.get('p99_s'), 3)} over "
+                    f"{h['count']} observations, {w['messages']} messages"
+                )
+    if base["settings_not_passed"]:
+        print("settings not passed to the baseline: " + ", ".join(base["settings_not_passed"]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1258,7 +1668,21 @@ def main() -> int:
     ap.add_argument("--stage-repeats", type=int, default=5)
     ap.add_argument("--flush-fetches", type=int, default=5, help="stages: fetches per flush")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="PATH",
+        help="another checkout of the project: its workers also run trending_off, "
+        "rescore_off, backlog, full (each round, beside the candidate's) and latency",
+    )
     args = ap.parse_args()
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "stream" / "cli.py").is_file():
+            ap.error(f"--baseline {args.baseline}: no stream/cli.py there")
+        if args.baseline == REPO:
+            ap.error("--baseline: that is this checkout")
+        args.baseline_settings = checkout_settings(args.baseline)  # before any broker starts
     # SIGTERM (and SIGINT where a background start ignores it) stop the run through the
     # finally below: workers and the broker this script started are stopped, not orphaned
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -1285,22 +1709,7 @@ def main() -> int:
     bench.n_users = len({e["user_id"] for e in events if e["ts"] < horizon})
     try:
         if kafka_phases:
-            from stream.config import load_settings
-            from stream.worker.kafka_clients import ensure_topics
-
-            ensure_topics(
-                load_settings(
-                    None,
-                    {
-                        "kafka_bootstrap": bootstrap,
-                        "topic_events": bench.stack.events,
-                        "topic_dlq": bench.stack.dlq,
-                        "topic_recommendations": bench.stack.recommendations,
-                        "app_id": f"app-{bench.suffix}",
-                        "events_partitions": PARTITIONS,
-                    },
-                )
-            )
+            bench.make_events_topic(bench.stack.events)
             t0 = time.perf_counter()
             produce(bootstrap, bench.stack.events, records(events))
             print(
@@ -1309,7 +1718,10 @@ def main() -> int:
             )
             for rnd in range(args.repeat):
                 bench.run_round(rnd, last=rnd == args.repeat - 1)
-            if bench.keep is not None:
+            if bench.baseline is not None:
+                if "latency" not in bench.skip:
+                    bench.phase_latency_versions()
+            elif bench.keep is not None:
                 full = [r["events_per_s"] for r in bench.runs["full"]]
                 rate = 0.5 * statistics.median(full)
                 print(f"latency: live events at {rate:,.0f} events/s")

@@ -10,6 +10,11 @@ measures, in one run on the same machine:
 * ``tf_retrieval``: retrieval only in TF (matmul + top_k), the work the baseline does;
 * ``numpy``: the baseline, numpy matmul + argpartition + sort of the top K.
 
+And the whole batch ranking of the stream (``stream.core.candidates.rank_batch``, what the
+ranking process runs per rescoring batch) on user states folded from 10 random events each
+over the model's catalog: ``blend`` without a model, ``network`` with the LocalScorer
+(retrieval, the candidate union, the network over every candidate as one [B x C, F] call).
+
 Ratios are against ``numpy``. The baseline does less work (no network, no category or
 popularity terms, no exclusion, no Python objects), so ``tf_retrieval / numpy`` is the
 like-for-like figure. Writes bench/results/scorer.json.
@@ -93,6 +98,44 @@ def rate(fn: Callable[[], object], users: int, min_s: float, max_reps: int = 200
     return users / best
 
 
+def ranking_rates(scorer: LocalScorer, n_items: int, b: int, min_s: float) -> dict[str, float]:
+    """Users/s of rank_batch over ``b`` folded states: the blend, then with the network."""
+    from stream.core.candidates import rank_batch
+    from stream.core.interest import InterestConfig, fold, new_state
+    from stream.core.types import Event
+
+    rng = np.random.default_rng(b)
+    vectors = scorer.item_vectors
+    states = []
+    for u in range(b):
+        state = new_state(f"u{u}")
+        items = rng.integers(0, n_items, 10).tolist()
+        events = [
+            Event(
+                f"u{u}", f"i{i}", "click", 1_700_000_000_000 + n, f"{u}-{n}", f"c{i % N_CAT}", 1.0
+            )
+            for n, i in enumerate(items)
+        ]
+        fold(state, events, InterestConfig(), vectors=vectors)
+        states.append(state)
+
+    def run(with_model: bool) -> object:
+        return rank_batch(
+            states,
+            trending={},
+            global_top=[],
+            scorer=scorer if with_model else None,
+            k=K,
+            policy="demote",
+            limit=200,
+        )
+
+    return {
+        "blend": rate(lambda: run(False), b, min_s),
+        "network": rate(lambda: run(True), b, min_s),
+    }
+
+
 def numpy_topk(emb: np.ndarray, vec: np.ndarray) -> np.ndarray:
     scores = (vec[:, 0] + vec[:, 1]) @ emb.T
     part = np.argpartition(-scores, K, axis=1)[:, :K]
@@ -106,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     import tensorflow as tf
 
-    sizes = [1, 16, 256, 4096] if args.quick else [4**p for p in range(7)]
+    sizes = [1, 16, 256, 1024] if args.quick else [4**p for p in range(7)]
     min_s = 0.2 if args.quick else 0.5
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,6 +184,14 @@ def main() -> None:
                     "ratio_signature_vs_numpy": round(r["signature"] / r["numpy"], 3),
                     "ratio_tf_retrieval_vs_numpy": round(r["tf_retrieval"] / r["numpy"], 3),
                 }
+                if b in (256, 1024):
+                    ranking = ranking_rates(scorer, n_items, b, min_s)
+                    row["ranking_users_per_s"] = {k: round(v, 1) for k, v in ranking.items()}
+                    print(
+                        f"items={n_items:>7} batch={b:>5}  rank_batch: blend "
+                        f"{ranking['blend']:>8.0f}/s  network {ranking['network']:>8.0f}/s",
+                        flush=True,
+                    )
                 rows.append(row)
                 print(
                     f"items={n_items:>7} batch={b:>5}  local={r['local']:>10.0f}/s  "

@@ -79,6 +79,11 @@ class BeyondRetention(StrEnum):
     apply = "apply"
 
 
+class RankingMode(StrEnum):
+    process = "process"
+    thread = "thread"
+
+
 class PurchasedPolicy(StrEnum):
     keep = "keep"
     demote = "demote"
@@ -150,6 +155,13 @@ class Settings(BaseSettings):
     )
     rescore_interval_ms: int = Field(500, ge=10, le=3_600_000)
     rescore_batch_size: int = Field(256, ge=1, le=65_536)
+    ranking: RankingMode = Field(
+        RankingMode.process,
+        description="rank in a child process (the other core) or in a thread of the worker",
+    )
+    ranking_processes: int = Field(
+        1, ge=1, le=64, description="ranking processes per worker (INTEREST_RANKING=process)"
+    )
     top_k: int = Field(20, ge=1, le=1000)
     purchased_policy: PurchasedPolicy = PurchasedPolicy.demote
     trending_items: int = Field(

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from models.training.ranker import (
+    EPS,
     DenseStack,
     category_only_features,
     dense_apply,
-    pair_features,
 )
 from stream.core.features import N_FEATURES
 
@@ -103,7 +103,7 @@ def build_module(art: ModelArtifacts):
     n_cat = len(art.categories)
     emb = art.embeddings.astype(np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    unit = emb / np.maximum(norms, 1e-6)
+    unit = emb / np.maximum(norms, EPS)
     pop = art.popularity.astype(np.float32)
     scales = item_scales(art)
     users = [  # the users' half of every signature
@@ -123,21 +123,64 @@ def build_module(art: ModelArtifacts):
             self.scales = tf.Variable(scales, trainable=False, name="scales")
             self.w = [tf.Variable(w, trainable=False) for w in art.network.weights]
             self.b = [tf.Variable(b, trainable=False) for b in art.network.biases]
+            self.item_norm = tf.Variable(norms[:, 0], trainable=False, name="item_norm")
+            # the network's first layer split by what its inputs depend on (the columns of
+            # models.training.ranker.pair_features): the item side is computed here once per
+            # model version for every item, the user side once per user, and only the few
+            # per-pair columns per pair
+            w0 = art.network.weights[0]
+            self.first_item = tf.Variable(
+                unit @ w0[2 * d : 3 * d], trainable=False, name="first_item"
+            )
+            self.first_user = tf.constant(w0[: 2 * d])
+            self.first_pair = tf.constant(w0[3 * d :])
             self.num_candidates = tf.constant(art.num_candidates, tf.int32)
             self.retrieval_w = tf.constant([art.category_weight, art.popularity_weight], tf.float32)
 
         def _net(self, short, long, items, feats):
             """Network scores (B, M) for item indices (B, M); outside [0, N): unknown item
-            (zero embedding and popularity, scored from its per-pair features alone)."""
+            (zero embedding and popularity, scored from its per-pair features alone).
+
+            The same network as dense_apply(pair_features(...)) of training, with its first
+            layer computed in parts: items' part precomputed (``first_item``), users' part
+            once per user, per-pair columns ([B x M, 6 + F]) per pair."""
             n_items = tf.shape(self.item_emb)[0]
             known = (items >= 0) & (items < n_items)
             safe = tf.where(known, items, 0)
-            x = tf.gather(self.item_emb, safe) * tf.cast(known, tf.float32)[..., None]
-            pop = tf.gather(self.item_pop, safe) * tf.cast(known, tf.float32)
-            feats = pair_features(short[:, None, :], long[:, None, :], x, pop, feats, self.scales)
-            shape = tf.shape(feats)
-            flat = tf.reshape(feats, [-1, shape[-1]])
-            return tf.reshape(dense_apply(self.w, self.b, flat), shape[:-1])
+            k = tf.cast(known, tf.float32)
+            x_unit = tf.gather(self.item_unit, safe) * k[..., None]  # (B, M, d)
+            x_norm = tf.gather(self.item_norm, safe) * k
+            pop = tf.gather(self.item_pop, safe) * k
+            emb_norm_mean, pop_max = self.scales[0], self.scales[1]
+            s_norm = tf.norm(short, axis=-1, keepdims=True)
+            l_norm = tf.norm(long, axis=-1, keepdims=True)
+            s_unit = short / tf.maximum(s_norm, EPS)
+            l_unit = long / tf.maximum(l_norm, EPS)
+            ones = tf.ones_like(x_norm)
+            pair = tf.stack(
+                [
+                    tf.einsum("bd,bmd->bm", s_unit, x_unit),
+                    tf.einsum("bd,bmd->bm", l_unit, x_unit),
+                    tf.math.log1p(s_norm / emb_norm_mean) * ones,
+                    tf.math.log1p(l_norm / emb_norm_mean) * ones,
+                    pop / pop_max,
+                    x_norm / emb_norm_mean,
+                ],
+                axis=-1,
+            )
+            pair = tf.concat([pair, tf.cast(feats, tf.float32)], axis=-1)  # (B, M, 6 + F)
+            user = tf.matmul(tf.concat([s_unit, l_unit], -1), self.first_user)  # (B, H)
+            h = (
+                tf.gather(self.first_item, safe) * k[..., None]
+                + user[:, None, :]
+                + tf.einsum("bmf,fh->bmh", pair, self.first_pair)
+                + self.b[0]
+            )
+            if len(self.w) == 1:
+                return tf.sigmoid(h[..., 0])
+            shape = tf.shape(h)
+            flat = tf.nn.relu(tf.reshape(h, [-1, shape[-1]]))
+            return tf.reshape(dense_apply(self.w[1:], self.b[1:], flat), shape[:-1])
 
         def _category_feats(self, cat_short, cat_long, items):
             """Per-pair features from the category strengths alone (retrieval re-ranking)."""

@@ -11,7 +11,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterable
-from itertools import accumulate
+from itertools import accumulate, chain
 
 import numpy as np
 
@@ -70,15 +70,6 @@ class Reader:
         lens = self.uints(n)
         return lens, self.take(sum(lens))
 
-    def float_array(self, n: int) -> np.ndarray:
-        """``n`` float32 values behind a bitmap of the non-zero ones."""
-        nz = np.unpackbits(
-            np.frombuffer(self.take((n + 7) // 8), dtype=np.uint8), count=n, bitorder="little"
-        ).astype(bool)
-        flat = np.zeros(n, dtype=np.float32)
-        flat[nz] = np.frombuffer(self.take(4 * int(nz.sum())), dtype="<f4")
-        return flat
-
     def string(self) -> str:
         """One string behind a uint16 byte length."""
         (n,) = struct.unpack("<H", self.take(2))
@@ -89,8 +80,8 @@ class Reader:
             raise self.fail(f"{len(self.data) - self.pos} trailing bytes")
 
 
-def _checked(data: bytes, error: type[InterestStreamError], what: str, newest: int) -> Reader:
-    """A reader past the format byte, after refusing empty, unknown or newer formats."""
+def _check_format(data: bytes, error: type[InterestStreamError], what: str, newest: int) -> None:
+    """Refuse empty values and unknown or newer formats (the format byte comes first)."""
     if not data:
         raise error(f"corrupt {what}: empty value")
     fmt = data[0]
@@ -101,6 +92,11 @@ def _checked(data: bytes, error: type[InterestStreamError], what: str, newest: i
         )
     if fmt < 1:
         raise error(f"corrupt {what}: unknown format {fmt}")
+
+
+def _checked(data: bytes, error: type[InterestStreamError], what: str, newest: int) -> Reader:
+    """A reader past the format byte, after refusing empty, unknown or newer formats."""
+    _check_format(data, error, what, newest)
     return Reader(bytes(data), error, what)
 
 
@@ -125,18 +121,6 @@ def _put_uints(out: list[bytes], values: list[int]) -> None:
     code = _uint_code(max(values, default=0))
     out.append(code.encode())
     out.append(_arr(code, values))
-
-
-def _put_floats(out: list[bytes], flat: np.ndarray) -> None:
-    """float32 values behind a bitmap of the non-zero ones.
-
-    Short-horizon sums of anything older than a few days are exactly zero; eliding them
-    saves ~100 bytes for a typical user.  The test is on the bit pattern, so -0.0 survives.
-    """
-    a = np.ascontiguousarray(flat, dtype="<f4")
-    nz = a.view("<u4") != 0
-    out.append(np.packbits(nz, bitorder="little").tobytes())
-    out.append(a[nz].tobytes())
 
 
 def _put_str(out: list[bytes], s: str) -> None:
@@ -167,21 +151,20 @@ def encode(state: UserState) -> bytes:
     items' category names); purchased bitset; vectors (2 x dim float32). Every section is
     written from the state's columns as they are.
     """
-    cats, items = state.categories, state.items
+    cats, items, vectors = state.categories, state.items, state.vectors
     flags = (
         (_F_TREF if state.t_ref is not None else 0)
         | (_F_KTS if state.last_event_kafka_ts is not None else 0)
-        | (_F_VEC if state.vectors is not None else 0)
+        | (_F_VEC if vectors is not None else 0)
         | (_F_MODEL if state.model_version is not None else 0)
     )
-    dim = state.vectors.shape[1] if state.vectors is not None else 0
     raw = [
         state.user_id.encode(),
         (state.model_version or "").encode(),
-        *(t.encode() for t in state.type_counts),
+        *map(str.encode, state.type_counts),
         *cats.raw,
         *items.raw,
-        *(c.encode() for c in items.cat_names),
+        *map(str.encode, items.cat_names),
     ]
     out = [
         _HEADER.pack(
@@ -197,87 +180,287 @@ def encode(state: UserState) -> bytes:
             len(items.cat_names),
             len(cats),
             len(items),
-            dim,
-        )
+            vectors.shape[1] if vectors is not None else 0,
+        ),
+        _uints_bytes(list(map(len, raw))),
+        b"".join(raw),
+        _uints_bytes(list(state.type_counts.values())),
+        _arr("q", [*state.offsets, *state.offsets.values()]),
+        _float_pairs_bytes(cats.vals, items.vals),
+        _uints_bytes(items.cat),
+        _bits_bytes(items.bought),
     ]
-    _put_uints(out, [len(b) for b in raw])
-    out.append(b"".join(raw))
-    _put_uints(out, list(state.type_counts.values()))
-    out.append(_arr("q", [*state.offsets, *state.offsets.values()]))
-    _put_floats(out, np.concatenate([cats.vals, items.vals]).ravel())
-    _put_uints(out, items.cat)
-    out.append(np.packbits(np.asarray(items.bought, bool), bitorder="little").tobytes())
-    if state.vectors is not None:
-        out.append(np.ascontiguousarray(state.vectors, dtype="<f4").tobytes())
+    if vectors is not None:
+        out.append(_f4_bytes(vectors))
     return b"".join(out)
+
+
+# Encoding helpers: each returns its section's bytes exactly as the numpy/array version
+# that wrote format 2 first did; the fast paths cover what states hold (small unsigned
+# ints, Python bools, float32 arrays) and anything else takes the general path.
+
+_LE_F4 = np.dtype("<f4")
+_ZERO_WORD = bytes(4)
+# byte -> "0" or "1": a list of 0/1 bytes becomes the digits of one int (see _bits_bytes)
+_BINARY_DIGITS = bytes.maketrans(bytes(range(256)), b"0" + b"1" * 255)
+
+
+def _uints_bytes(values: list[int]) -> bytes:
+    """Width byte + values (see :func:`_put_uints`). Values that all fit one byte (string
+    lengths, category codes: nearly always) are ``bytes(values)``, which also finds that
+    out in the same pass (no ``max``); else the width is chosen as before."""
+    try:
+        return b"B" + bytes(values)
+    except ValueError:  # a value of 256 or more (or negative: array raises for it)
+        code = _uint_code(max(values, default=0))
+        return code.encode() + _arr(code, values)
+
+
+def _f4_bytes(a: np.ndarray) -> bytes:
+    """C-order little-endian float32 bytes of ``a``; no copy beyond ``tobytes`` when it is
+    float32 already (what states hold)."""
+    if a.dtype != _LE_F4:
+        a = a.astype(_LE_F4)
+    return a.tobytes()
+
+
+def _float_pairs_bytes(cat_vals: np.ndarray, item_vals: np.ndarray) -> bytes:
+    """float32 [short, long] values of categories then items, behind a bitmap of the
+    non-zero ones (least significant bit first).
+
+    Short-horizon sums of anything older than a few days are exactly zero; eliding them
+    saves ~100 bytes for a typical user.  The test is on the bit pattern, so -0.0 survives.
+    A state with no zero at all (a recent user: nothing has decayed to zero yet) skips the
+    numpy round: the bitmap is all ones and the values are the bytes as they are. The test
+    for it (no four zero bytes in a row anywhere) is conservative: a zero float32 is four
+    aligned zero bytes, and a false alarm only takes the exact numpy path."""
+    body = _f4_bytes(cat_vals) + _f4_bytes(item_vals)
+    n = len(body) >> 2
+    if _ZERO_WORD not in body:
+        tail = bytes(((1 << (n & 7)) - 1,)) if n & 7 else b""
+        return b"\xff" * (n >> 3) + tail + body
+    words = np.frombuffer(body, "<u4")
+    nz = words != 0  # on the bit pattern, so -0.0 is kept
+    return np.packbits(nz, bitorder="little").tobytes() + words[nz].tobytes()
+
+
+def _bits_bytes(flags: list[bool]) -> bytes:
+    """Bitset of ``flags``, least significant bit first (``np.packbits(.., "little")``).
+
+    Reversed, the flags are the binary digits of one int, which ``int.to_bytes`` packs in
+    C: about four times cheaper than the numpy round for a state's 1 to 100 items. Flags
+    that are not 0/1-valued ints (numpy bools, say) take the numpy path."""
+    if not flags:
+        return b""
+    try:
+        digits = bytes(flags[::-1]).translate(_BINARY_DIGITS)
+    except (TypeError, ValueError):
+        return np.packbits(np.asarray(flags, bool), bitorder="little").tobytes()
+    return int(digits, 2).to_bytes((len(flags) + 7) >> 3, "little")
+
+
+_HEAD = struct.Struct("<BBqqqqq")  # the fields every format starts with
+
+
+def read_head(data: bytes) -> tuple[int | None, int | None, int]:
+    """(t_ref, last Kafka timestamp, events applied) from a state's header alone: what a
+    scan over every stored state needs, at a fraction of a :func:`decode`."""
+    _check_format(data, StateFormatError, "state", FORMAT_VERSION)
+    if len(data) < _HEAD.size:
+        raise StateFormatError(f"corrupt state: truncated header ({len(data)} bytes)")
+    _, flags, t_ref, _, _, kafka_ts, events = _HEAD.unpack_from(data)
+    return (
+        t_ref if flags & _F_TREF else None,
+        kafka_ts if flags & _F_KTS else None,
+        events,
+    )
 
 
 def decode(data: bytes) -> UserState:
     """Inverse of :func:`encode`; reads format 1 too; a newer or unknown format raises
     StateFormatError."""
-    r = _checked(data, StateFormatError, "state", FORMAT_VERSION)
+    _check_format(data, StateFormatError, "state", FORMAT_VERSION)
+    data = bytes(data)
     try:
-        return _decode_state(r, data[0])
+        return _decode_state(data, data[0])
     except StateFormatError:
         raise
     except (ValueError, UnicodeDecodeError, struct.error, IndexError) as exc:
-        raise r.fail(str(exc)) from exc
+        raise _corrupt(str(exc)) from exc
 
 
-def _decode_state(r: Reader, fmt: int) -> UserState:
+def _decode_state(data: bytes, fmt: int) -> UserState:
+    """Reads the sections at running offsets into ``data`` (no cursor object, no slice
+    per section, one C call where one does it): a state is decoded on every cache miss
+    and once per batch by the ranking, and at a few hundred bytes to a few KB its cost is
+    the number of Python-level calls, not the bytes."""
     if fmt == 1:
-        head = r.unpack(_HEADER_V1)
+        pos = _need(data, 0, _HEADER_V1.size)
+        head = _HEADER_V1.unpack_from(data)
         n_types, n_parts, n_digests, n_names, n_cat, n_items, dim = head[7:]
         # one name table for categories and item categories, categories first
-        lens, blob = r.strs_raw(2 + n_types + n_names + n_items)
+        raw, pos = _strings_at(data, pos, 2 + n_types + n_names + n_items)
         cat_at, item_at, names_at = 2 + n_types, 2 + n_types + n_names, 2 + n_types
     else:
-        head = r.unpack(_HEADER)
+        pos = _need(data, 0, _HEADER.size)
+        head = _HEADER.unpack_from(data)
         n_types, n_parts, n_names, n_cat, n_items, dim = head[7:]
         n_digests = 0
-        lens, blob = r.strs_raw(2 + n_types + n_cat + n_items + n_names)
+        raw, pos = _strings_at(data, pos, 2 + n_types + n_cat + n_items + n_names)
         cat_at, item_at = 2 + n_types, 2 + n_types + n_cat
         names_at = item_at + n_items
     _, flags, t_ref, hs, hl, kts, applied = head[:7]
-    raw = _split(blob, lens)
-    strs = [b.decode() for b in raw[: 2 + n_types]]
-    user_id, model, type_names = strs[0], strs[1], strs[2:]
-    cat_raw = raw[cat_at : cat_at + n_cat]
-    item_raw = raw[item_at : item_at + n_items]
-    names = [b.decode() for b in raw[names_at : names_at + n_names]]
-    type_counts = dict(zip(type_names, r.uints(n_types), strict=True))
-    parts = r.arr("q", 2 * n_parts)
+    # strings are decoded in the order of the reader before (the same error comes first
+    # for a value corrupt in two places): scalars and names, the sections, then the keys
+    head_texts = list(map(bytes.decode, raw[: 2 + n_types]))
+    names = list(map(bytes.decode, raw[names_at : names_at + n_names]))
+    counts, pos = _uints_at(data, pos, n_types)
+    type_counts = dict(zip(head_texts[2:], counts, strict=True))
+    parts, pos = _ints_at(data, pos, "q", 2 * n_parts)
     offsets = dict(zip(parts[:n_parts], parts[n_parts:], strict=True))
-    r.take(n_digests * _DIGEST_V1)
-    values = r.float_array(2 * (n_cat + n_items)).reshape(-1, 2)
-    codes = r.uints(n_items)
-    bought = np.unpackbits(
-        np.frombuffer(r.take((n_items + 7) // 8), np.uint8), count=n_items, bitorder="little"
-    )
+    pos = _need(data, pos, n_digests * _DIGEST_V1)
+    cat_vals, item_vals, pos = _float_pairs_at(data, pos, n_cat, n_items)
+    codes, pos = _uints_at(data, pos, n_items)
+    bought, pos = _bits_at(data, pos, n_items)
     vectors = None
     if flags & _F_VEC:
-        vectors = np.frombuffer(r.take(8 * dim), dtype="<f4").astype(np.float32).reshape(2, dim)
-    r.done()
-    items = ItemSums(
-        _texts(item_raw), values[n_cat:].copy(), item_raw, bought=bought.astype(bool).tolist()
-    )
+        end = _need(data, pos, 8 * dim)
+        vectors = np.frombuffer(data, "<f4", 2 * dim, pos).reshape(2, dim).astype(np.float32)
+        pos = end
+    if pos != len(data):
+        raise _corrupt(f"{len(data) - pos} trailing bytes")
+    item_raw = list(raw[item_at : item_at + n_items])
+    items = ItemSums(list(map(bytes.decode, item_raw)), item_vals, item_raw, bought=bought)
     if fmt == 1:  # codes index the shared table: keep only the names the items use
         items.cat = [items.category_code(names[c - 1]) if c else 0 for c in codes]
     else:
         items.cat, items.cat_names = codes, names
+    cat_raw = list(raw[cat_at : cat_at + n_cat])
     return UserState(
-        user_id=user_id,
+        user_id=head_texts[0],
         t_ref=t_ref if flags & _F_TREF else None,
-        categories=Sums(_texts(cat_raw), values[:n_cat].copy(), cat_raw),
+        categories=Sums(list(map(bytes.decode, cat_raw)), cat_vals, cat_raw),
         items=items,
         vectors=vectors,
-        model_version=model if flags & _F_MODEL else None,
+        model_version=head_texts[1] if flags & _F_MODEL else None,
         type_counts=type_counts,
         events_applied=applied,
         offsets=offsets,
         last_event_kafka_ts=kts if flags & _F_KTS else None,
         half_lives=(hs, hl),
     )
+
+
+# Decoding helpers: each reads one section at ``pos`` and returns it with the offset past
+# it; a section running past the end raises the same "truncated" error as :class:`Reader`.
+
+_UINT_WIDTHS = {c.encode(): array(c).itemsize for c in "BHIQ"}  # width byte -> value size
+# byte -> the hundreds, tens and units digit of its value, in ASCII (see _strings_format)
+_DIGITS = [
+    bytes.maketrans(bytes(range(256)), bytes(48 + n // d % 10 for n in range(256)))
+    for d in (100, 10, 1)
+]
+# byte -> its 8 bits as bools, least significant first (the order of np.packbits "little")
+_BYTE_BITS = [tuple(bool(b >> i & 1) for i in range(8)) for b in range(256)]
+
+
+def _corrupt(detail: str) -> StateFormatError:
+    return StateFormatError(f"corrupt state: {detail}")
+
+
+def _need(data: bytes, pos: int, n: int) -> int:
+    """The end of ``n`` bytes at ``pos``; raises if ``data`` is shorter."""
+    end = pos + n
+    if end > len(data):
+        raise _corrupt(f"truncated at byte {pos} (need {n} more)")
+    return end
+
+
+def _uints_at(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
+    """A width byte (array typecode) then ``n`` unsigned integers of that width; one-byte
+    values (the usual width) are ``list(bytes)``."""
+    code = data[pos : pos + 1]
+    width = _UINT_WIDTHS.get(code)
+    if width is None:
+        _need(data, pos, 1)
+        raise _corrupt(f"bad integer width {code.decode('ascii', 'replace')!r}")
+    if width == 1:
+        end = _need(data, pos + 1, n)
+        return list(data[pos + 1 : end]), end
+    return _ints_at(data, pos + 1, code.decode(), n)
+
+
+def _ints_at(data: bytes, pos: int, code: str, n: int) -> tuple[list[int], int]:
+    """``n`` little-endian integers of array typecode ``code``."""
+    a = array(code)
+    end = _need(data, pos, n * a.itemsize)
+    a.frombytes(data[pos:end])
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a.tolist(), end
+
+
+def _strings_at(data: bytes, pos: int, n: int) -> tuple[tuple[bytes, ...], int]:
+    """The string table of ``n`` strings: their byte lengths (see :func:`_uints_at`) then
+    their bytes, cut by one struct format (``"<003s017s..."``) in C: slicing them one by
+    one in Python costs about twice as much."""
+    if data[pos : pos + 1] == b"B":  # lengths under 256 (nearly always)
+        at = _need(data, pos + 1, n)
+        fmt = _strings_format(data[pos + 1 : at])
+    else:
+        lens, at = _uints_at(data, pos, n)
+        _need(data, at, sum(lens))  # before a format of a corrupt, huge length
+        fmt = ("<" + "".join(f"{k}s" for k in lens)).encode()
+    cut = struct.Struct(fmt)
+    end = _need(data, at, cut.size)
+    return cut.unpack_from(data, at), end
+
+
+def _strings_format(lens: bytes) -> bytes:
+    """The struct format of strings of these one-byte lengths, one 4-byte code each.
+
+    Built in C at any count: each length byte is translated to its three digits (struct
+    reads ``"007s"`` as ``"7s"``), which are interleaved by strided slice assignment; this
+    is a quarter of the cost of joining ``f"{n}s"`` per string for a state of 200 keys,
+    and the struct compiles faster from it too."""
+    fmt = bytearray(b"<" + b"s" * (4 * len(lens)))
+    fmt[1::4] = lens.translate(_DIGITS[0])
+    fmt[2::4] = lens.translate(_DIGITS[1])
+    fmt[3::4] = lens.translate(_DIGITS[2])
+    return bytes(fmt)
+
+
+def _float_pairs_at(
+    data: bytes, pos: int, n_cat: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The category and the item [short, long] pairs behind the non-zero bitmap (see
+    :func:`_float_pairs_bytes`), each as its own float32 array (copies, not views of
+    ``data``). The number of values is the bitmap's popcount; with no zero (a recent user)
+    the values are read as they are, with no mask."""
+    n = 2 * (n_cat + n_items)
+    at = _need(data, pos, (n + 7) >> 3)
+    k = (int.from_bytes(data[pos:at], "little") & ((1 << n) - 1)).bit_count()
+    end = _need(data, at, 4 * k)
+    if k == n:
+        flat = np.frombuffer(data, "<f4", n, at)
+    else:
+        nz = np.frombuffer(data, np.uint8, at - pos, pos)
+        mask = np.unpackbits(nz, count=n, bitorder="little").view(bool)
+        flat = np.zeros(n, np.float32)
+        flat[mask] = np.frombuffer(data, "<f4", k, at)
+    pairs = flat.reshape(-1, 2)
+    return pairs[:n_cat].astype(np.float32), pairs[n_cat:].astype(np.float32), end
+
+
+def _bits_at(data: bytes, pos: int, n: int) -> tuple[list[bool], int]:
+    """A bitset of ``n`` bools (least significant bit first), through a table of each
+    byte's bits: cheaper than ``np.unpackbits(...).tolist()`` at every state size."""
+    end = _need(data, pos, (n + 7) >> 3)
+    if n <= 8:  # one byte (or none)
+        return (list(_BYTE_BITS[data[pos]][:n]) if n else []), end
+    bits = list(chain.from_iterable(map(_BYTE_BITS.__getitem__, data[pos:end])))
+    del bits[n:]
+    return bits, end
 
 
 def _split(blob: bytes, lens: list[int]) -> list[bytes]:

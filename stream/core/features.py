@@ -157,22 +157,26 @@ def gather(
     """Lay the users' kept sums out as columns; ``read_t[b]`` (default t_ref) >= t_ref."""
     b = len(states)
     cats_of = vocab.categories.of
-    item_ids: list[list[int]] = []
-    item_cats: list[np.ndarray] = []
-    cat_ids: list[list[int]] = []
-    t_ref = np.empty(b, np.int64)
-    read = np.empty(b, np.int64)
-    half = np.empty((b, 2), np.float64)
-    for n, state in enumerate(states):
-        items = state.items
-        item_ids.append(_item_ids(state, vocab))
-        code_ids = np.asarray([-1, *cats_of(items.cat_names)], np.int64)
-        item_cats.append(code_ids[np.asarray(items.cat, np.int64)])
-        cat_ids.append(cats_of(state.categories.keys_))
-        t_ref[n] = NO_TIME if state.t_ref is None else state.t_ref
-        t = None if read_t is None else read_t[n]
-        read[n] = t_ref[n] if t is None or state.t_ref is None else max(t, state.t_ref)
-        half[n] = state.half_lives
+    item_ids = [_item_ids(state, vocab) for state in states]
+    cat_ids = [cats_of(state.categories.keys_) for state in states]
+    # every user's item category names in one table: item code c (1-based) of user n is
+    # row name_base[n] + c - 1 of it, so all item categories are mapped in one gather
+    name_lists = [state.items.cat_names for state in states]
+    name_ids = np.asarray(cats_of(list(itertools.chain.from_iterable(name_lists))), np.int64)
+    name_base = starts(np.fromiter((len(x) for x in name_lists), np.int64, b))[:-1]
+    t_ref = np.fromiter((NO_TIME if s.t_ref is None else s.t_ref for s in states), np.int64, b)
+    if read_t is None:
+        read = t_ref.copy()
+    else:
+        read = np.fromiter(
+            (
+                tr if t is None or s.t_ref is None else max(t, s.t_ref)
+                for s, t, tr in zip(states, read_t, t_ref.tolist(), strict=True)
+            ),
+            np.int64,
+            b,
+        )
+    half = np.asarray([s.half_lives for s in states], np.float64).reshape(b, 2)
     n_items = np.fromiter((len(x) for x in item_ids), np.int64, b)
     n_cats = np.fromiter((len(x) for x in cat_ids), np.int64, b)
     users = np.arange(b, dtype=np.int64)
@@ -195,7 +199,7 @@ def gather(
         factors=factors,
         item_user=item_user,
         item_id=item_id,
-        item_cat=np.concatenate(item_cats) if b else np.zeros(0, np.int64),
+        item_cat=_item_categories(states, name_ids, name_base, n_items),
         item_vals=_stack([s.items.vals for s in states]),
         item_bought=np.fromiter(
             itertools.chain.from_iterable(s.items.bought for s in states), bool, len(item_id)
@@ -210,6 +214,20 @@ def gather(
         cat_keys=cat_keys[cat_order],
         cat_rows=cat_order,
     )
+
+
+def _item_categories(
+    states: Sequence[UserState], name_ids: np.ndarray, name_base: np.ndarray, n_items: np.ndarray
+) -> np.ndarray:
+    """Each kept item's category id (-1: none), for all users at once."""
+    codes = np.fromiter(
+        itertools.chain.from_iterable(s.items.cat for s in states), np.int64, int(n_items.sum())
+    )
+    at = np.repeat(name_base, n_items) + codes - 1
+    out = np.full(len(codes), -1, np.int64)
+    has = codes > 0
+    out[has] = name_ids[at[has]]
+    return out
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:

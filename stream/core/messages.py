@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from stream.core.decay import LONG, SHORT
 from stream.core.interest import UserState, top_categories
@@ -44,9 +44,22 @@ def item_entry(rec: Recommended) -> dict[str, Any]:
     return entry
 
 
+class StateHead(Protocol):
+    """What a message says of a state (a UserState, or just these of one)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def t_ref(self) -> int | None: ...
+
+    @property
+    def events_applied(self) -> int: ...
+
+
 def build_message(
-    state: UserState,
-    items: list[dict[str, Any]],
+    state: StateHead,
+    items: Any,
     *,
     version: int,
     model_version: str | None,
@@ -56,8 +69,9 @@ def build_message(
     """One recommendation message exactly as CONTRACT section 3 defines it.
 
     ``items`` are entries in message form (a ranked batch's ``entries``, or
-    :func:`item_entry` of Recommended); ``interests_now`` the user's interests when the
-    ranking batch computed them."""
+    :func:`item_entry` of Recommended, or those already serialised as an
+    ``orjson.Fragment``); ``interests_now`` the user's interests when the ranking batch
+    computed them (needed unless ``state`` is a whole UserState)."""
     return {
         "user_id": state.user_id,
         "version": version,
@@ -65,7 +79,7 @@ def build_message(
         "as_of": state.t_ref,
         "model_version": model_version,
         "items": items,
-        "interests": interests_now if interests_now is not None else interests(state),
+        "interests": interests_now if interests_now is not None else interests(state),  # type: ignore[arg-type]
         "events_applied": state.events_applied,
     }
 

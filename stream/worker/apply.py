@@ -316,6 +316,8 @@ class ApplyHandler:
         ):
             if n:
                 self.states.changed(state.user_id, partition)
+            else:
+                self.states.touched(state.user_id)
             if n or self.published.unpublished(state):
                 self.dirty.mark(partition, state.user_id, state.last_event_kafka_ts or 0)
 

@@ -191,6 +191,21 @@ class BatchApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_routes: dict[str, _Route] = {}
+        self.before_final_commit: Callable[[], None] | None = None  # see _stop_consumer
+
+    async def _stop_consumer(self) -> None:
+        """A clean stop: no batch is delivered any more, then ``before_final_commit`` writes
+        what was folded and waits for its delivery (the tables are still open), so the
+        consumer's last commit covers those records and a restart reads nothing again."""
+        consumer, hook = self._consumer, self.before_final_commit
+        if consumer is not None and hook is not None:
+            consumer.stop_flow()
+            self.flow_control.suspend()
+            try:
+                hook()
+            except Exception:
+                log.exception("writing the folded states at stop failed; they are read again")
+        await super()._stop_consumer()
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)

@@ -83,9 +83,9 @@ class PendingScan:
         if not self.pending or self.in_recovery() or not actives:
             return 0
         found = 0
-        for user_id, partition, state in self.states.owned(actives):
-            if self.published.unpublished(state):
-                self.dirty.mark(partition, user_id, state.last_event_kafka_ts or 0)
+        for user_id, partition, events, kafka_ts in self.states.heads(actives):
+            if events > self.published.last(user_id)[1]:
+                self.dirty.mark(partition, user_id, kafka_ts or 0)
                 found += 1
         self.pending = False
         if found:

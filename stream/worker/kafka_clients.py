@@ -154,6 +154,25 @@ def trending_topic(settings: Settings) -> str:
     return f"{settings.app_id}-trending"
 
 
+def snapshot_consumer(settings: Settings, topic: str) -> Any:
+    """A consumer of every partition of the snapshots topic, from the beginning, no group."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        confluent_config(
+            settings,
+            **{
+                "group.id": "unused-no-commits",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            },
+        )
+    )
+    meta = consumer.list_topics(topic, timeout=30).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    return consumer
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create the missing topics (with their configs); return the names created.
 

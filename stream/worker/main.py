@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from models.serving import open_scorer
 from stream.config import (
@@ -41,16 +41,17 @@ from stream.worker.dedup import DedupStore
 from stream.worker.housekeeping import Expiry, Gauges, ModelTracker, PendingScan
 from stream.worker.kafka_clients import (
     by_category_topic,
-    confluent_config,
     ensure_topics,
     producer_config,
+    snapshot_consumer,
     trending_topic,
 )
-from stream.worker.rescore import PublishedLog, Publisher, Ranker, Rescorer
+from stream.worker.ranking import ChildSpec, ProcessRanking, Ranking, RankOptions, ThreadRanking
+from stream.worker.rescore import PublishedLog, Publisher, Rescorer
 from stream.worker.state_store import StateStore, UserPartitioner
 from stream.worker.table_writer import PRODUCER_OPTIONS, TableWriter
 from stream.worker.topology import StreamApp, make_app
-from stream.worker.trends import TrendAggregator, TrendingFollower
+from stream.worker.trends import TrendAggregator, TrendingFollower, follow_snapshots
 from stream.worker.web import register_views
 
 log = logging.getLogger("interest.worker")
@@ -59,6 +60,7 @@ RUNNING_MARKER = "worker.running"  # present while a worker uses the data direct
 FLUSH_AFTER_BATCHES = 20  # a flush at the latest when this many batches' records wait
 GAUGES_INTERVAL_S = 5.0
 EXPIRY_INTERVAL_S = 60.0
+STOP_DRAIN_S = 20.0  # how long a clean stop waits for the last writes to be delivered
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
 
 
@@ -103,6 +105,7 @@ class Worker:
         delivered = self.writer.close()
         self.follower.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.rescorer.rank.close()
         self.scorer.close()
         return delivered and self.fatal is None
 
@@ -116,20 +119,21 @@ def build(settings: Settings) -> Worker:
     """Construct every part of a worker for these settings (nothing runs yet)."""
     sa = make_app(settings)
     app = sa.app
-    scorer = open_scorer(
-        settings.scorer.value,
-        settings.model_dir,
-        poll_interval_s=settings.model_poll_interval_s,
-        tfserving_url=settings.tfserving_url,
-        tfserving_model_name=settings.tfserving_model_name,
-        timeout_s=settings.scorer_timeout_ms / 1000,
-    )
+    scorer_args = {
+        "kind": settings.scorer.value,
+        "model_dir": settings.model_dir,
+        "poll_interval_s": settings.model_poll_interval_s,
+        "tfserving_url": settings.tfserving_url,
+        "tfserving_model_name": settings.tfserving_model_name,
+        "timeout_s": settings.scorer_timeout_ms / 1000,
+    }
+    scorer = open_scorer(**scorer_args)
     writer = TableWriter(
         Producer(producer_config(settings, **PRODUCER_OPTIONS)),
         ack=lambda marks: app.consumer.acknowledge(marks),
     )
     topic = trending_topic(settings)
-    follower = TrendingFollower(lambda: _snapshot_consumer(settings, topic)).start()
+    follower = TrendingFollower(lambda: snapshot_consumer(settings, topic)).start()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
     partition_of = UserPartitioner(settings.events_partitions)
     dedup = DedupStore(
@@ -142,6 +146,18 @@ def build(settings: Settings) -> Worker:
         partition_of,
         companions=[dedup],
     )
+    options = RankOptions(settings.top_k, settings.purchased_policy.value, settings.candidate_limit)
+    ranking: Ranking
+    if settings.ranking.value == "process":
+        follow = (settings, topic)
+        spec = ChildSpec(
+            options, open_scorer, scorer_args, follow_snapshots, follow, settings.log_level
+        )
+        ranking = ProcessRanking(
+            spec, encode_state=states.encoded_of, processes=settings.ranking_processes
+        ).start()
+    else:
+        ranking = ThreadRanking(scorer, follower.current, options)
     published = PublishedLog(sa.published, partition_of)
     dirty = DirtyUsers(base_backoff_s=settings.rescore_interval_ms / 1000)
     model = ModelTracker(scorer, lambda catalog: event_parser(settings, catalog))
@@ -171,17 +187,10 @@ def build(settings: Settings) -> Worker:
     rescorer = Rescorer(
         states,
         dirty,
-        Ranker(
-            scorer,
-            follower.current,
-            k=settings.top_k,
-            policy=settings.purchased_policy.value,
-            limit=settings.candidate_limit,
-        ),
+        ranking,
         Publisher(sa.published, settings.topic_recommendations, writer, published),
         executor,
         vectors=vectors,
-        model_version=lambda: scorer.model_version,
         active_partitions=lambda: active_events_partitions(sa),
         generation=lambda: app.consumer_generation_id,
         last_applied=lambda: apply.last_applied,
@@ -232,23 +241,6 @@ def build(settings: Settings) -> Worker:
         gauges,
         expiry,
     )
-
-
-def _snapshot_consumer(settings: Settings, topic: str) -> Consumer:
-    """A consumer of every partition of the snapshots topic, from the beginning, no group."""
-    consumer = Consumer(
-        confluent_config(
-            settings,
-            **{
-                "group.id": "unused-no-commits",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            },
-        )
-    )
-    meta = consumer.list_topics(topic, timeout=30).topics[topic]
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-    return consumer
 
 
 def register(worker: Worker) -> None:
@@ -307,6 +299,13 @@ def register(worker: Worker) -> None:
     async def on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
         forget(worker)
 
+    def write_before_stop() -> None:
+        """A clean stop: write what was folded and wait for it, so Faust's last commit
+        covers those records (a restart then reads nothing again)."""
+        worker.states.flush()
+        worker.writer.drain(STOP_DRAIN_S)
+
+    app.before_final_commit = write_before_stop
     app.on_partitions_revoked.connect(on_revoked)
     app.on_partitions_assigned.connect(on_assigned)
     sa.states.on_recover(worker.scan.on_recovered)

@@ -1,10 +1,11 @@
 """Dirty users -> ranking -> recommendation messages, on the rescore timer.
 
-Ranking runs in a worker thread with a timeout, so a failing or hanging scorer never
-blocks ingestion: the users stay dirty and are retried with exponential backoff. The thread
-ranks snapshots of the states (:meth:`UserState.snapshot`), never the states the event
-loop keeps folding into, and the message is built from the same snapshot: its strengths,
-``as_of`` and ``events_applied`` describe one state. A message
+Ranking (stream.worker.ranking: in a child process, or in a thread) is called from a worker
+thread with a timeout, so a failing or hanging scorer never blocks ingestion: the users stay
+dirty and are retried with exponential backoff. It ranks a copy of the states taken on the
+event loop in one go (snapshots or encoded bytes), never the states the event loop keeps
+folding into, and the message carries the ``as_of`` and ``events_applied`` of that copy:
+strengths, items and counts describe one state. A message
 is one write to the recommendations table, whose changelog *is* the output topic; its
 version is one above the last message published for the user, which the table holds
 across restarts and rebalances.
@@ -15,18 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from stream.core.candidates import Ranked, rank_batch
+from stream.core.codec import read_head
 from stream.core.interest import UserState, rebase
 from stream.core.messages import build_message
 from stream.core.scheduling import DirtyUsers, RoundBudget, Turns
-from stream.core.types import ItemVectors, Scorer
+from stream.core.types import ItemVectors
 from stream.worker import metrics
+from stream.worker.ranking import RankedBatch, Ranking
 from stream.worker.state_store import StateStore, Table, Writer
 
 log = logging.getLogger("interest.rescore")
@@ -84,69 +87,38 @@ class Publisher:
         self.writer = writer
         self.log = log
 
-    def publish(
-        self,
-        states: Sequence[UserState],
-        taken: Sequence[Taken],
-        ranked: Ranked,
-        model_version: str | None,
-    ) -> None:
+    def publish(self, heads: Sequence[Head], taken: Sequence[Taken], ranked: RankedBatch) -> None:
         published_at = time.time()
         now = int(published_at * 1000)
         writes = []
         latency = metrics.EVENT_TO_RECOMMENDATION
-        for b, (state, (partition, user_id, newest_ts)) in enumerate(
-            zip(states, taken, strict=True)
-        ):
+        model_version = ranked.model_version
+        dumps = orjson.dumps
+        for b, (head, (partition, user_id, newest_ts)) in enumerate(zip(heads, taken, strict=True)):
             version = self.log.last(user_id)[0] + 1
             message = build_message(
-                state,
-                ranked.entries(b),
+                head,
+                ranked.items_of(b),
                 version=version,
                 model_version=model_version,
                 generated_at=now,
-                interests_now=ranked.interests[b],
+                interests_now=ranked.interests_of(b),
             )
-            writes.append((partition, user_id.encode(), orjson.dumps(message)))
-            self.log.record(user_id, version, state.events_applied)
+            writes.append((partition, user_id.encode(), dumps(message)))
+            self.log.record(user_id, version, head.events_applied)
             if newest_ts:
                 latency.observe(max(0.0, published_at - newest_ts / 1000))
         self.writer.put_many(self.table.data, self.topic, writes)
         metrics.PUBLISHED.inc(len(writes))
 
 
-class Ranker:
-    """The blended ranking of stream.core.candidates over the live trending view.
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What a message says of the state that was ranked (taken with the copy)."""
 
-    Called in the scorer thread: ``refresh`` may do network I/O (TF Serving status)."""
-
-    def __init__(
-        self,
-        scorer: Scorer,
-        trending: Callable[[], tuple[Mapping[str, Any], Sequence[tuple[str, str | None, float]]]],
-        *,
-        k: int,
-        policy: str,
-        limit: int,
-    ) -> None:
-        self.scorer = scorer
-        self.trending = trending
-        self.k = k
-        self.policy = policy
-        self.limit = limit
-
-    def __call__(self, states: list[UserState]) -> Ranked:
-        self.scorer.refresh()
-        view, top = self.trending()
-        return rank_batch(
-            states,
-            trending=view,
-            global_top=top,
-            scorer=self.scorer,
-            k=self.k,
-            policy=self.policy,
-            limit=self.limit,
-        )
+    user_id: str
+    t_ref: int | None
+    events_applied: int
 
 
 class Rescorer:
@@ -156,12 +128,11 @@ class Rescorer:
         self,
         states: StateStore,
         dirty: DirtyUsers,
-        rank: Callable[[list[UserState]], Ranked],
+        rank: Ranking,
         publisher: Publisher,
         executor: Executor,
         *,
         vectors: Callable[[], ItemVectors | None],
-        model_version: Callable[[], str | None],
         active_partitions: Callable[[], set[int]],
         generation: Callable[[], int],
         last_applied: Callable[[], float],
@@ -175,7 +146,6 @@ class Rescorer:
         self.publisher = publisher
         self.executor = executor
         self.vectors = vectors
-        self.model_version = model_version
         self.active_partitions = active_partitions
         self.generation = generation
         self.last_applied = last_applied
@@ -212,39 +182,53 @@ class Rescorer:
 
     async def rescore_batch(self, taken: list[Taken]) -> bool:
         """Rank and publish one batch; False when the scorer failed (the caller retries)."""
-        live: list[UserState] = []
+        live: list[UserState | bytes] = []
+        heads: list[Head] = []
         kept: list[Taken] = []
         vectors = self.vectors()
         for partition, user_id, ts in taken:
-            state = self.states.read(user_id)
-            if state is None:
+            found = self.states.peek(user_id)
+            if isinstance(found, bytes):
+                if vectors is None:  # nothing to re-base: rank the stored bytes as they are
+                    t_ref, _, events = read_head(found)
+                    live.append(found)
+                    heads.append(Head(user_id, t_ref, events))
+                    kept.append((partition, user_id, ts))
+                    continue
+                found = self.states.read(user_id)
+            if found is None:
                 log.warning(
                     "dirty user %r has no state on partition %d; skipped", user_id, partition
                 )
                 continue
-            if vectors is not None and state.model_version != vectors.version:
-                rebase(state, vectors)
-            live.append(state)
+            if vectors is not None and found.model_version != vectors.version:
+                rebase(found, vectors)
+                self.states.changed(user_id, partition)  # written at the next flush
+            live.append(found)
+            heads.append(Head(user_id, found.t_ref, found.events_applied))
             kept.append((partition, user_id, ts))
         if not live:
             return True
-        states = [state.snapshot() for state in live]
-        model_version = self.model_version()
+        prepared = self.rank.prepare(live)  # the copy, on the event loop: no fold in between
         generation = self.generation()
-        metrics.RESCORE_BATCH_SIZE.observe(len(states))
+        metrics.RESCORE_BATCH_SIZE.observe(len(live))
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        self.scoring = loop.run_in_executor(self.executor, self.rank, states)
+        self.scoring = loop.run_in_executor(self.executor, self.rank, prepared)
         try:
-            recs = await asyncio.wait_for(asyncio.shield(self.scoring), self.timeout_s)
+            ranked = await asyncio.wait_for(asyncio.shield(self.scoring), self.timeout_s)
+        except TimeoutError:
+            metrics.SCORER_ERRORS.inc()
+            log.warning("scorer call timed out after %.1fs", self.timeout_s)
+            self.rank.abort()
+            return False
         except Exception as exc:
             metrics.SCORER_ERRORS.inc()
             log.warning("scorer call failed: %s", exc if str(exc) else type(exc).__name__)
             return False
         metrics.RESCORE_SECONDS.observe(time.perf_counter() - started)
-        for state, snapshot in zip(live, states, strict=True):
-            state.items.adopt_ids(snapshot.items)  # the ranking's interned ids, if still good
+        self.rank.settle(live, prepared)
         if self.generation() != generation:
             return True  # a rebalance came in between: the replay after it marks them again
-        self.publisher.publish(states, kept, recs, model_version)
+        self.publisher.publish(heads, kept, ranked)
         return True

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
-from stream.core.codec import decode, encode
+from stream.core.codec import decode, encode, read_head
 from stream.core.errors import StorageFailed
 from stream.core.interest import InterestConfig, UserState, new_state
 from stream.worker import metrics
@@ -111,6 +111,9 @@ class StateStore:
         self.marks: dict[Any, int] = {}  # source partition -> highest offset the flush covers
         self.waiting = 0  # records applied and not yet covered by a flush
         self.flushes = 0  # flushes so far: what was folded before the last one is written
+        # the bytes of cached states not changed since they were read or written: what the
+        # ranking process is handed, without encoding them again
+        self.encoded: dict[str, bytes] = {}
 
     def read(self, user_id: str) -> UserState | None:
         """The cached state, else the one in the partition's RocksDB (read directly: Faust's
@@ -125,7 +128,21 @@ class StateStore:
             if raw is None:
                 return None
             state = self._remember(decode(raw))
+            self.encoded[user_id] = raw
         return state
+
+    def peek(self, user_id: str) -> UserState | bytes | None:
+        """The cached state, else the stored bytes as they are (not decoded, not cached:
+        a reader that only passes them on saves the decode), else None."""
+        state = self.cache.get(user_id)
+        if state is not None:
+            return state
+        partition = self.partition_of(user_id)
+        try:
+            raw = self.table.data._db_for_partition(partition).get(user_id.encode())
+        except Exception as exc:  # rocksdict raises plain Exceptions ("IO error: ...")
+            raise StorageFailed(f"RocksDB read in partition {partition} failed: {exc}") from exc
+        return raw
 
     def read_or_new(self, user_id: str, config: InterestConfig) -> UserState:
         return self.read(user_id) or self._remember(new_state(user_id, config))
@@ -136,12 +153,25 @@ class StateStore:
             if oldest in self.unsaved:
                 self.flush()
             del self.cache[oldest]
+            self.encoded.pop(oldest, None)
         self.cache[state.user_id] = state
         return state
 
     def changed(self, user_id: str, partition: int) -> None:
         """The user's state was folded: write it at the next flush."""
         self.unsaved[user_id] = partition
+        self.encoded.pop(user_id, None)
+
+    def touched(self, user_id: str) -> None:
+        """The cached state may differ from its bytes (a fold that applied nothing may
+        still align its model or half-lives)."""
+        self.encoded.pop(user_id, None)
+
+    def encoded_of(self, state: UserState) -> bytes:
+        """The state's bytes: those read or written last if it has not changed since (taken:
+        the next call encodes), else encoded now."""
+        raw = self.encoded.pop(state.user_id, None)
+        return raw if raw is not None else encode(state)
 
     def applied(self, marks: Mapping[Any, int], records: int) -> None:
         """Records whose effects the next flush writes (acknowledged after its delivery),
@@ -163,8 +193,10 @@ class StateStore:
         if writes:
             self.writer.put_many(self.table.data, self.changelog, writes)
             sizes = metrics.STATE_BYTES
-            for _, _, value in writes:
+            encoded = self.encoded
+            for _, key, value in writes:
                 sizes.observe(len(value))
+                encoded[key.decode()] = value
         for companion in self.companions:
             companion.write()
         self.unsaved.clear()
@@ -181,6 +213,7 @@ class StateStore:
             self.writer.put(store, self.changelog, partition, user_id.encode(), None)
             self.cache.pop(user_id, None)
             self.unsaved.pop(user_id, None)
+            self.encoded.pop(user_id, None)
 
     def owned(self, partitions: set[int]) -> Iterator[tuple[str, int, UserState]]:
         """Every stored state of the given partitions (for scans after a rebalance)."""
@@ -189,6 +222,23 @@ class StateStore:
             partition = self.partition_of(user_id)
             if partition in partitions:
                 yield user_id, partition, decode(raw)
+
+    def heads(self, partitions: set[int]) -> Iterator[tuple[str, int, int, int | None]]:
+        """(user_id, partition, events applied, last Kafka timestamp) of every state of
+        these partitions, from the headers (a scan after a rebalance; no full decode). A
+        cached state, possibly folded further, answers for itself."""
+        cache = self.cache
+        for key, raw in self.table.items():
+            user_id = key.decode() if isinstance(key, bytes) else str(key)
+            partition = self.partition_of(user_id)
+            if partition not in partitions:
+                continue
+            state = cache.get(user_id)
+            if state is not None:
+                yield user_id, partition, state.events_applied, state.last_event_kafka_ts
+            else:
+                _, kafka_ts, events = read_head(raw)
+                yield user_id, partition, events, kafka_ts
 
     def forget(self) -> None:
         """Drop every cached state with what was folded into it and not yet written:
@@ -205,3 +255,4 @@ class StateStore:
         self.marks.clear()
         self.waiting = 0
         self.cache.clear()
+        self.encoded.clear()

@@ -184,6 +184,11 @@ class TableWriter:
             marks.clear()
         self.delivered_offsets.clear()
 
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait until what was produced is delivered, then ack the complete epochs."""
+        self.producer.flush(timeout_s)
+        self.poll()
+
     def close(self, timeout_s: float = 30.0) -> bool:
         """Deliver everything produced; False if some record could not be."""
         left = self.producer.flush(timeout_s)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from stream.config import Settings
 from stream.core.codec import decode_trend, encode_trend
 from stream.core.errors import FatalError
 from stream.core.messages import now_ms
@@ -37,6 +38,7 @@ from stream.core.trending import (
 from stream.core.types import EventBatch, Rejection, RejectReason
 from stream.worker import metrics
 from stream.worker.batch_consumer import high_water
+from stream.worker.kafka_clients import snapshot_consumer
 from stream.worker.state_store import Table, Writer
 
 log = logging.getLogger("interest.trending")
@@ -181,6 +183,11 @@ class TrendAggregator:
             snap["published_at"] = published_at
             self.writer.produce(self.snapshots, key, orjson.dumps(snap))
         self.writer.put_many(self.table.data, self.changelog, writes)
+
+
+def follow_snapshots(settings: Settings, topic: str) -> TrendingFollower:
+    """A started follower of the snapshots topic (the ranking process runs its own)."""
+    return TrendingFollower(lambda: snapshot_consumer(settings, topic)).start()
 
 
 class SnapshotConsumer(Protocol):

@@ -164,3 +164,34 @@ def test_an_upstream_replay_at_new_offsets_is_applied_once(
     finally:
         recs.close()
         worker.stop()
+
+
+def test_a_clean_stop_writes_what_it_folded_so_a_restart_reads_nothing_again(
+    stack: Stack, tmp_path: Path
+) -> None:
+    events = good_events(50, 20, 0)
+    slow = {"INTEREST_RESCORE_INTERVAL_MS": "3600000"}  # no round flushes: only the stop does
+    worker = WorkerProc(stack, tmp_path / "w1", "w1", **slow).start()
+    try:
+        worker.wait_ready()
+        produce(stack.bootstrap, stack.events, taobao_records(events))
+        wait_for(
+            lambda: metric_value(worker.metrics(), "interest_events_total") >= len(events),
+            90,
+            "the events applied before the stop",
+        )
+    finally:
+        worker.stop()
+    restarted = WorkerProc(stack, tmp_path / "w1", "w1-restarted").start()
+    recs = Collector(stack.bootstrap, stack.recommendations)
+    try:
+        restarted.wait_ready()
+        expected = expected_state(events)
+        wait_for(lambda: events_fully_applied(expected, recs), 90, "published after the restart")
+        text = restarted.metrics()
+        assert metric_value(text, "interest_events_total") == 0  # nothing folded again
+        assert metric_value(text, "interest_events_duplicate_total") == 0  # nor read again
+        assert interest_mismatches(expected, recs.latest) == []
+    finally:
+        recs.close()
+        restarted.stop()

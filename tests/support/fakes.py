@@ -223,3 +223,21 @@ class FakeScorer:
 def fake_writer(producer: FakeProducer, ack: Callable[[Any], Any]) -> TableWriter:
     """stream.worker.table_writer.TableWriter over a fake producer and fake write batches."""
     return TableWriter(producer, ack=ack, write_batch=FakeWriteBatch)
+
+
+def open_fake_scorer(error: str | None = None, hang_s: float = 0.0) -> FakeScorer:
+    """A FakeScorer made in a ranking child process (a module-level function: picklable).
+    ``hang_s``: every call sleeps that long first (a scorer that does not answer)."""
+    scorer = FakeScorer(error=error)
+    if hang_s:
+        event = threading.Event()
+        scorer.hang = event
+        original = scorer._call
+
+        def slow() -> None:
+            event.wait(hang_s)
+            original()
+
+        scorer._call = slow  # type: ignore[method-assign]
+        scorer.hang = None
+    return scorer

@@ -391,3 +391,15 @@ def test_a_format_1_state_written_by_0_2_reads_as_it_was() -> None:
     assert list(state.half_lives) == want["half_lives"]
     again = decode(encode(state))
     assert encode(state)[0] == FORMAT_VERSION and again == state
+
+
+def test_the_header_alone_gives_what_a_scan_needs_in_both_formats() -> None:
+    from stream.core.codec import read_head
+
+    fixture = json.loads((Path(__file__).parent / "data" / "state_format1.json").read_text())
+    old = bytes.fromhex(fixture["hex"])
+    for raw in (old, encode(decode(old)), encode(new_state("u"))):
+        state = decode(raw)
+        assert read_head(raw) == (state.t_ref, state.last_event_kafka_ts, state.events_applied)
+    with pytest.raises(StateFormatError):
+        read_head(b"\x02\x01")

@@ -15,12 +15,28 @@ from stream.core.interest import InterestConfig, fold
 from stream.core.scheduling import DirtyUsers
 from stream.core.types import Event
 from stream.worker import metrics
-from stream.worker.rescore import PublishedLog, Publisher, Ranker, Rescorer
+from stream.worker.ranking import RankOptions, ThreadRanking
+from stream.worker.rescore import PublishedLog, Publisher, Rescorer
 from stream.worker.state_store import StateStore, UserPartitioner
 from tests.support.fakes import FakeProducer, FakeScorer, FakeTable, fake_writer
 
 CFG = InterestConfig()
 T0 = 1_700_000_000_000
+
+
+class Around:
+    """A ranking whose calls go through ``call(prepared, original)`` (to act meanwhile)."""
+
+    def __init__(self, ranking: ThreadRanking, call: Any) -> None:
+        self.ranking = ranking
+        self.call = call
+        self.prepare = ranking.prepare
+        self.settle = ranking.settle
+        self.abort = ranking.abort
+        self.close = ranking.close
+
+    def __call__(self, prepared: Any) -> Any:
+        return self.call(prepared, self.ranking)
 
 
 class World:
@@ -38,11 +54,10 @@ class World:
         self.rescorer = Rescorer(
             self.states,
             self.dirty,
-            Ranker(scorer, lambda: ({}, []), k=5, policy="demote", limit=50),
+            ThreadRanking(scorer, lambda: ({}, []), RankOptions(k=5, policy="demote", limit=50)),
             Publisher(self.published_table, "recs", writer, self.log),
             self.executor,
             vectors=lambda: None,
-            model_version=lambda: scorer.model_version,
             active_partitions=lambda: self.owned,
             generation=lambda: self.generation,
             last_applied=lambda: 0.0,
@@ -107,13 +122,12 @@ def test_a_hanging_scorer_times_out_and_is_not_called_again_meanwhile() -> None:
 def test_a_rebalance_during_ranking_publishes_nothing() -> None:
     w = World(FakeScorer())
     w.event("a", "i1", T0)
-    original = w.rescorer.rank
 
-    def rank_then_rebalance(states: list[Any]) -> Any:
+    def rank_then_rebalance(states: list[Any], original: Any) -> Any:
         w.generation += 1
         return original(states)
 
-    w.rescorer.rank = rank_then_rebalance
+    w.rescorer.rank = Around(w.rescorer.rank, rank_then_rebalance)
     w.run(w.rescorer.rescore_dirty())
     assert w.messages() == []
 
@@ -144,10 +158,9 @@ def test_the_ranking_reads_a_snapshot_while_the_loop_folds_on() -> None:
     w = World(FakeScorer())
     for n in range(30):
         w.event("a", f"i{n}", T0 + n)
-    original = w.rescorer.rank
     ranked_counts: list[int] = []
 
-    def rank_while_folding(states: list[Any]) -> Any:
+    def rank_while_folding(states: list[Any], original: Any) -> Any:
         live = w.states.read("a")
         assert all(s is not live for s in states)
         ranked_counts.extend(s.events_applied for s in states)
@@ -156,7 +169,7 @@ def test_the_ranking_reads_a_snapshot_while_the_loop_folds_on() -> None:
                 w.event("a", f"j{n}", T0 + n)
         return original(states)
 
-    w.rescorer.rank = rank_while_folding
+    w.rescorer.rank = Around(w.rescorer.rank, rank_while_folding)
     w.rescorer.budget.go_on = lambda *_: len(ranked_counts) < 1  # one batch this round
     w.run(w.rescorer.rescore_dirty())
     [message] = w.messages()
@@ -166,3 +179,19 @@ def test_the_ranking_reads_a_snapshot_while_the_loop_folds_on() -> None:
     w.rescorer.budget.go_on = lambda *_: len(ranked_counts) < 2  # and one more
     w.run(w.rescorer.rescore_dirty())
     assert w.messages()[-1]["events_applied"] == 200 and w.messages()[-1]["version"] == 2
+
+
+def test_a_stored_state_is_ranked_from_its_bytes_without_entering_the_cache() -> None:
+    from stream.core.codec import encode
+    from stream.core.interest import new_state
+
+    w = World(FakeScorer())
+    state = new_state("z", CFG)
+    fold(state, [Event("z", f"i{n}", "click", T0 + n, f"z{n}", "c1", 1.0) for n in range(7)], CFG)
+    partition = w.partition_of("z")
+    w.states.table.data._db_for_partition(partition).put(b"z", encode(state))
+    w.dirty.mark(partition, "z", T0)
+    w.run(w.rescorer.rescore_dirty())
+    [message] = w.messages()
+    assert message["events_applied"] == 7 and message["as_of"] == T0 + 6 and message["items"]
+    assert "z" not in w.states.cache

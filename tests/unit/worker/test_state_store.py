@@ -94,3 +94,22 @@ def test_delete_and_owned_scan() -> None:
     store.delete(store.partition_of("a"), ["a"])
     assert table.get(b"a") is None and store.read("a") is None
     assert producer.records[-1].value is None  # a tombstone in the changelog
+
+
+def test_the_bytes_handed_to_the_ranking_are_always_the_state_as_cached() -> None:
+    store, table, _, _ = make_store()
+    state = new_state("u1", CFG)
+    fold(state, [ev("u1", "i1", T0)], CFG)
+    raw = encode(state)
+    table.data._db_for_partition(store.partition_of("u1")).put(b"u1", raw)
+    cached = store.read("u1")
+    assert store.encoded_of(cached) is raw  # as read: not encoded again
+    fold(cached, [ev("u1", "i2", T0 + 1)], CFG)
+    store.changed("u1", store.partition_of("u1"))
+    assert decode(store.encoded_of(cached)) == cached  # changed: encoded now
+    store.flush()
+    written = store.encoded_of(cached)
+    assert written == table.data._db_for_partition(store.partition_of("u1")).get(b"u1")
+    fold(cached, [ev("u1", "i3", T0 + 2)], CFG)
+    store.touched("u1")  # a fold may change a state without applying an event
+    assert decode(store.encoded_of(cached)) == cached

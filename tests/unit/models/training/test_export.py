@@ -236,3 +236,35 @@ def test_the_replay_runs_the_exported_retrieval_in_numpy() -> None:
     for row in range(6):
         assert set(best_first(np_scores[row], 10)) == set(np.argsort(-tf_scores[row])[:10])
     assert item_scales(art)[1] > 0
+
+
+def test_the_split_first_layer_is_the_trained_network(loaded, exported) -> None:
+    """The served network (first layer in item, user and pair parts) scores exactly what
+    the network of training scores on the concatenated pair features."""
+    import tensorflow as tf
+
+    from models.training.module import item_scales
+    from models.training.ranker import dense_apply, pair_features
+    from stream.core.features import N_FEATURES
+
+    art = exported[0]
+    rng = np.random.default_rng(5)
+    b, m = 6, 9
+    args = {k: v for k, v in inputs(b, seed=3).items() if k not in ("exclude", "k")}
+    items = rng.integers(-1, N + 2, (b, m)).astype(np.int32)  # unknown ones included
+    feats = rng.random((b, m, N_FEATURES)).astype(np.float32)
+    served = call(loaded.signatures["score"], **args, items=items, feats=feats)["scores"]
+    known = (items >= 0) & (items < N)
+    x = np.where(known[..., None], art.embeddings[np.where(known, items, 0)], 0).astype(np.float32)
+    pop = np.where(known, art.popularity[np.where(known, items, 0)], 0).astype(np.float32)
+    pairs = pair_features(
+        tf.constant(args["short"])[:, None, :],
+        tf.constant(args["long"])[:, None, :],
+        tf.constant(x),
+        tf.constant(pop),
+        tf.constant(feats),
+        tf.constant(item_scales(art)),
+    )
+    flat = tf.reshape(pairs, [b * m, -1])
+    trained = dense_apply(art.network.weights, art.network.biases, flat).numpy().reshape(b, m)
+    np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-6)
