@@ -2,7 +2,7 @@
 
     python bench/bench_pipeline.py --events 100000 --users 20000 [--repeat 3]
                                    [--bootstrap HOST:PORT] [--skip PHASE ...]
-                                   [--baseline PATH]
+                                   [--baseline PATH] [--set INTEREST_X=VALUE ...]
 
 One synthetic stream (stream.tools.synthetic.generate, seed 5, starting one hour ago) fills
 an 8-partition topic once. Then ``--repeat`` rounds each run every Kafka phase once, so a
@@ -1683,7 +1683,20 @@ def main() -> int:
         help="another checkout of the project: its workers also run trending_off, "
         "rescore_off, backlog, full (each round, beside the candidate's) and latency",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="INTEREST_X=VALUE",
+        help="a worker setting for this run (repeatable), e.g. INTEREST_RANKING=thread; "
+        "recorded in the JSON's settings.worker_env",
+    )
     args = ap.parse_args()
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key.startswith("INTEREST_"):
+            ap.error(f"--set {item!r}: expected INTEREST_NAME=VALUE")
+        BENCH_ENV[key] = value
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
         if not (args.baseline / "stream" / "cli.py").is_file():
