@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,14 @@ def test_cluster_id_is_16_bytes_of_url_safe_base64() -> None:
     cluster_id = broker.new_cluster_id()
     assert len(cluster_id) == 22
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0xF8.. encodes to "-" first: the storage tool would take such an id for an option
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x00" * 16)])
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: next(draws))
+    assert base64.urlsafe_b64encode(b"\xf8" + bytes(15)).startswith(b"-")
+    assert broker.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAA"
 
 
 def test_status_without_a_broker_is_none_and_cleans_a_stale_pid_file(tmp_path: Path) -> None:
