@@ -90,6 +90,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.runinfo import git_info  # noqa: E402
 from stream.tools import broker  # noqa: E402
 from stream.tools.synthetic import generate  # noqa: E402
 from tests.support.harness import (  # noqa: E402
@@ -98,6 +99,7 @@ from tests.support.harness import (  # noqa: E402
     metric_value,
     produce,
 )
+from tests.support.helpers import poll_until  # noqa: E402
 
 PHASES = (
     "raw",
@@ -251,24 +253,10 @@ def wait_until(
     what: str | Callable[[], str],
     interval_s: float = POLL_S,
 ) -> Any:
-    """tests.support.helpers.wait_for without pytest: poll until truthy, bounded."""
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-        except BenchError:
-            raise
-        except Exception as exc:
-            last = exc
-        else:
-            if value:
-                return value
-        if time.monotonic() >= deadline:
-            text = what() if callable(what) else what
-            detail = f" (last error: {last!r})" if last is not None else ""
-            raise BenchError(f"timed out after {timeout_s:g} s: {text}{detail}")
-        time.sleep(interval_s)
+    """Poll until truthy, bounded; a timeout is a BenchError."""
+    return poll_until(
+        predicate, timeout_s, what, interval_s, error=BenchError, reraise=(BenchError,)
+    )
 
 
 def spread(values: Sequence[float]) -> dict[str, Any]:
@@ -1188,23 +1176,8 @@ def stage_costs(
     # trending forward, as ApplyHandler._forward_trending
     def forward() -> None:
         for (p, first, _v), (ev, _) in zip(fetches, parsed, strict=True):
-            offsets = (first + ev.rows).tolist()
-            by_category: dict[str, list[list[Any]]] = defaultdict(list)
-            rows = zip(
-                ev.category,
-                ev.user_id,
-                ev.item_id,
-                ev.type,
-                ev.ts.tolist(),
-                ev.weight.tolist(),
-                [p] * len(ev),
-                offsets,
-                strict=True,
-            )
-            for category, *entry in rows:
-                if category is not None:
-                    by_category[category].append(entry)
-            for category, entries in by_category.items():
+            grouped = tr.rows_by_category(ev, [p] * len(ev), (first + ev.rows).tolist())
+            for category, entries in grouped.items():
                 category.encode()
                 orjson.dumps(entries)
 
@@ -1375,20 +1348,6 @@ def run_stages(
 
 
 # --------------------------------------------------------------------------- report
-
-
-def git_info(repo: Path = REPO) -> dict[str, Any]:
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(
-                cmd, cwd=repo, capture_output=True, text=True, timeout=30, check=False
-            ).stdout.rstrip("\n")
-        except OSError:
-            return ""
-
-    status = run("git", "status", "--porcelain", "--untracked-files=all")
-    modified = [line[3:] for line in status.splitlines() if len(line) > 3]
-    return {"commit": run("git", "rev-parse", "HEAD"), "modified_files": modified}
 
 
 def rates_of(runs: dict[str, list[dict[str, Any]]], phases: Sequence[str]) -> dict[str, Any]:

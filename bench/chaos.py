@@ -49,7 +49,6 @@ import platform
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -63,6 +62,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.runinfo import git_info  # noqa: E402
 from stream.tools import broker  # noqa: E402
 from tests.support.harness import (  # noqa: E402
     Collector,
@@ -75,6 +75,7 @@ from tests.support.harness import (  # noqa: E402
     read_taobao,
     taobao_records,
 )
+from tests.support.helpers import poll_until  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "taobao_userbehavior_114users" / "UserBehavior.csv"
 SCENARIOS = ("kill9", "broker", "scale", "replay")
@@ -99,24 +100,10 @@ def wait_until(
     what: str | Callable[[], str],
     interval_s: float = 0.1,
 ) -> Any:
-    """tests.support.helpers.wait_for without pytest: poll until truthy, bounded."""
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-        except ChaosError:
-            raise
-        except Exception as exc:
-            last = exc
-        else:
-            if value:
-                return value
-        if time.monotonic() >= deadline:
-            text = what() if callable(what) else what
-            detail = f" (last error: {last!r})" if last is not None else ""
-            raise ChaosError(f"timed out after {timeout_s:g} s: {text}{detail}")
-        time.sleep(interval_s)
+    """Poll until truthy, bounded; a timeout is a ChaosError."""
+    return poll_until(
+        predicate, timeout_s, what, interval_s, error=ChaosError, reraise=(ChaosError,)
+    )
 
 
 def wait_ready(worker: WorkerProc, timeout_s: float = 120) -> float:
@@ -661,20 +648,6 @@ def summarise(name: str, trials: list[dict[str, Any]], seconds: float) -> dict[s
     }
 
 
-def git_commit() -> dict[str, Any]:
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(
-                cmd, cwd=REPO, capture_output=True, text=True, timeout=30, check=False
-            ).stdout.rstrip("\n")
-        except OSError:
-            return ""
-
-    status = run("git", "status", "--porcelain", "--untracked-files=all")
-    modified = [line[3:] for line in status.splitlines() if len(line) > 3]
-    return {"commit": run("git", "rev-parse", "HEAD"), "modified_files": modified}
-
-
 def print_table(summary: list[dict[str, Any]], skipped: dict[str, str]) -> None:
     print()
     print(
@@ -790,7 +763,7 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
+        "git": git_info(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "settings": {
             "quick": args.quick,

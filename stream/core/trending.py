@@ -18,6 +18,7 @@ topic and publishes :func:`snapshot` views on a compacted topic.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,30 @@ class CategoryTrend:
 
 
 TrendEntry = CategoryTrend | Mapping[str, Any]
+
+
+def rows_by_category(
+    batch: EventBatch, sources: Sequence[int], offsets: Sequence[int]
+) -> dict[str, list[list[Any]]]:
+    """A batch's events as the by-category topic carries them, one record per category:
+    rows of [user, item, type, ts, weight, source partition, source offset]. Events
+    without a category have no trend."""
+    by_category: dict[str, list[list[Any]]] = defaultdict(list)
+    rows = zip(
+        batch.category,
+        batch.user_id,
+        batch.item_id,
+        batch.type,
+        batch.ts.tolist(),
+        batch.weight.tolist(),
+        sources,
+        offsets,
+        strict=True,
+    )
+    for category, *entry in rows:
+        if category is not None:
+            by_category[category].append(entry)
+    return by_category
 
 
 def new_trend(category: str, config: TrendConfig | None = None) -> CategoryTrend:

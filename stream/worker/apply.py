@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from stream.core.events import EventParser
 from stream.core.interest import InterestConfig, UserState, fold_batch
 from stream.core.messages import DLQ_MAX_ORIGINAL_BYTES, dead_letter, now_ms
 from stream.core.scheduling import DirtyUsers
+from stream.core.trending import rows_by_category
 from stream.core.types import EventBatch, ItemVectors, Rejection, RejectReason
 from stream.worker import metrics
 from stream.worker.batch_consumer import high_water
@@ -323,23 +323,8 @@ class ApplyHandler:
 
     def _forward_trending(self, routed: _Routed) -> None:
         """The fetch's events, one record per category, for the trending aggregation."""
-        ev = routed.events
-        by_category: dict[str, list[list[Any]]] = defaultdict(list)
-        rows = zip(
-            ev.category,
-            ev.user_id,
-            ev.item_id,
-            ev.type,
-            ev.ts.tolist(),
-            ev.weight.tolist(),
-            routed.sources,
-            routed.offsets,
-            strict=True,
-        )
-        for category, *entry in rows:
-            if category is not None:
-                by_category[category].append(entry)
-        for category, entries in by_category.items():
+        grouped = rows_by_category(routed.events, routed.sources, routed.offsets)
+        for category, entries in grouped.items():
             self.producer.produce(self.topics.by_category, category.encode(), orjson.dumps(entries))
 
     def reject(self, rejection: Rejection, record: Any) -> None:

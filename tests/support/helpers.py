@@ -15,25 +15,28 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"  # real data sets, beside the checkout
 
 
-def wait_for(
+def poll_until(
     predicate: Callable[[], T],
     timeout_s: float,
     message: str | Callable[[], str],
     interval_s: float = 0.05,
+    *,
+    error: Callable[[str], BaseException] = TimeoutError,
+    reraise: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy and return that value.
+    """Poll ``predicate`` until it returns something truthy and return that value; after
+    ``timeout_s`` raise ``error("timed out after ...: <message>")``.
 
-    The only sanctioned way for a test to wait for something asynchronous: it returns as soon
-    as the condition holds (fast when the system is fast), is bounded (a hang becomes a
-    failure saying what was awaited), and never hides a race behind a fixed sleep. An
-    exception raised by the predicate counts as "not yet"; the last one is shown on timeout.
-    A callable ``message`` is evaluated only then (e.g. to attach a log tail).
-    """
+    An exception raised by the predicate counts as "not yet" (the last one is shown on
+    timeout), except those in ``reraise``. A callable ``message`` is evaluated only on
+    timeout (e.g. to attach a log tail). The benchmarks use it with their own errors."""
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
     while True:
         try:
             value = predicate()
+        except reraise:
+            raise
         except Exception as exc:
             last_error = exc
         else:
@@ -42,8 +45,23 @@ def wait_for(
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error!r})" if last_error is not None else ""
             text = message() if callable(message) else message
-            pytest.fail(f"timed out after {timeout_s:g} s: {text}{detail}")
+            raise error(f"timed out after {timeout_s:g} s: {text}{detail}")
         time.sleep(interval_s)
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout_s: float,
+    message: str | Callable[[], str],
+    interval_s: float = 0.05,
+) -> T:
+    """:func:`poll_until` failing the test on timeout.
+
+    The only sanctioned way for a test to wait for something asynchronous: it returns as soon
+    as the condition holds (fast when the system is fast), is bounded (a hang becomes a
+    failure saying what was awaited), and never hides a race behind a fixed sleep.
+    """
+    return poll_until(predicate, timeout_s, message, interval_s, error=pytest.fail.Exception)
 
 
 def create_topic(

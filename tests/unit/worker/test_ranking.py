@@ -3,7 +3,6 @@ that fails, dies or hangs costs one failed call (users stay dirty), never the wo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import orjson
@@ -14,6 +13,7 @@ from stream.core.interest import InterestConfig, UserState, fold, new_state
 from stream.core.types import Event
 from stream.worker.ranking import ChildSpec, ProcessRanking, RankOptions, ThreadRanking
 from tests.support.fakes import FakeScorer, open_fake_scorer
+from tests.support.helpers import wait_for
 
 T0 = 1_700_000_000_000
 OPTIONS = RankOptions(k=10, policy="demote", limit=100)
@@ -105,10 +105,7 @@ def test_abort_frees_a_call_held_by_a_hanging_child() -> None:
     thread = threading.Thread(target=call)
     try:
         thread.start()
-        deadline = time.monotonic() + 60
-        while not ranking.children[0].ready:  # the call is in the child
-            assert time.monotonic() < deadline, "the child never started"
-            time.sleep(0.05)
+        wait_for(lambda: ranking.children[0].ready, 60, "the child never started")
         ranking.abort()
         thread.join(30)
         assert not thread.is_alive() and len(errors) == 1
