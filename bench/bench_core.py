@@ -13,10 +13,20 @@ keeps per remembered id.
 The parse section times the record parser alone on 100,000 valid records per kind: the
 0.2.0 parser (orjson plus hand-written checks, kept below as the baseline), today's
 per-record ``parse`` and the typed ``parse_batch`` over fetches of 500 records.
+
+The sequence section measures what keeping each user's last 50 events (stream.core.sequence)
+costs, with the sequence on (``sequence_length`` 50) and off (0) in the same run, runs
+alternating so that load on the machine hits both alike: the fold per event (one user's
+batch of 20, as above, and fetches of 500 events of many users in time order, the worker's
+``fold_batch``), encode and decode per state, and the encoded state's bytes.
+
+``--out PATH`` writes the JSON elsewhere (``--out -``: nowhere), to leave the committed
+results alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gc
 import json
@@ -33,10 +43,11 @@ import numpy as np
 import orjson
 
 from stream.config import DEFAULT_ALIASES, DEFAULT_WEIGHTS
+from stream.core import interest
 from stream.core.codec import decode, encode
 from stream.core.events import MAX_ID_CHARS, EventParser, derive_event_id
-from stream.core.interest import InterestConfig, fold, new_state
-from stream.core.types import Event, Rejection
+from stream.core.interest import InterestConfig, UserState, fold, fold_batch, new_state
+from stream.core.types import Event, EventBatch, Rejection
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "taobao_userbehavior_114users" / "UserBehavior.csv"
@@ -45,6 +56,7 @@ BATCH = 20
 REPEATS = 5
 NOW = 2_000_000_000_000
 PARSE_RECORDS = 100_000
+SEQUENCE_REPEATS = 9  # rounds of the sequence section (short runs, noisy machine)
 FETCH = 500  # records per parse_batch call: one Kafka fetch
 
 
@@ -258,10 +270,13 @@ def run_naive(batches: list[tuple[str, list[bytes]]]) -> None:
 
 
 def run_core(
-    batches: list[tuple[str, list[bytes]]], parser: EventParser, vectors: DictVectors
+    batches: list[tuple[str, list[bytes]]],
+    parser: EventParser,
+    vectors: DictVectors,
+    cfg: InterestConfig | None = None,
 ) -> dict[str, bytes]:
     """The apply agent's work per batch: decode, parse each record, fold, encode."""
-    cfg = InterestConfig()
+    cfg = cfg or InterestConfig()
     table: dict[str, bytes] = {}
     for user, values in batches:
         blob = table.get(user)
@@ -302,6 +317,109 @@ def stage_costs(
         "encode": best_of(lambda: [encode(s) for s in final]) * per_batch / n,  # type: ignore[arg-type]
         "decode": best_of(lambda: [decode(b) for b in blobs]) * per_batch / n,
     }
+
+
+class _StepClock:
+    """Adds up the time spent in the fold's sequence step (stream.core.interest._remember,
+    wrapped while the clock is on): on a busy machine the on/off difference of two whole
+    folds drowns in noise, the step's own time much less."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._step = interest._remember
+
+    def __enter__(self) -> _StepClock:
+        step = self._step
+
+        def timed(*args: Any) -> None:
+            t0 = time.perf_counter()
+            step(*args)
+            self.total += time.perf_counter() - t0
+
+        interest._remember = timed  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        interest._remember = self._step  # type: ignore[assignment]
+
+
+def sequence_costs(
+    rows: list[tuple[str, str, str, str, int]],
+    batches: list[tuple[str, list[bytes]]],
+    parser: EventParser,
+    vectors: DictVectors,
+) -> dict[str, Any]:
+    """The sequence's cost: fold µs/event (and of that, the sequence step's own µs/event),
+    encode/decode µs/state and bytes/state, on (50) and off (0), measured alternately in
+    SEQUENCE_REPEATS rounds (best of each)."""
+    configs = {"on": InterestConfig(sequence_length=50), "off": InterestConfig(sequence_length=0)}
+    n = sum(len(v) for _, v in batches)
+    parsed = [[parser.parse(v, now_ms=NOW) for v in values] for _, values in batches]
+    events = [
+        Event(u, i, b, t, derive_event_id(u, i, b, t), c, 1.0)
+        for u, i, c, b, t in sorted(rows, key=lambda r: r[4])  # as a topic interleaves them
+    ]
+    fetches = []
+    for k in range(0, len(events), FETCH):
+        batch = EventBatch.of(events[k : k + FETCH])
+        names = sorted(set(batch.user_id))
+        at = {u: j for j, u in enumerate(names)}
+        fetches.append((batch, names, np.array([at[u] for u in batch.user_id], np.int64)))
+
+    def per_user(cfg: InterestConfig) -> dict[str, UserState]:
+        states: dict[str, UserState] = {}
+        for (user, _), evs in zip(batches, parsed, strict=True):
+            s = states.get(user) or new_state(user)
+            fold(s, evs, cfg, vectors=vectors)  # type: ignore[arg-type]
+            states[user] = s
+        return states
+
+    def per_fetch(cfg: InterestConfig) -> dict[str, UserState]:
+        states: dict[str, UserState] = {}
+        for batch, names, users in fetches:
+            fold_batch(
+                [states.get(u) or states.setdefault(u, new_state(u)) for u in names],
+                batch,
+                users,
+                cfg,
+                vectors=vectors,
+            )
+        return states
+
+    finals = {k: list(per_user(c).values()) for k, c in configs.items()}
+    blobs = {k: [encode(s) for s in v] for k, v in finals.items()}
+    runs: dict[str, dict[str, list[float]]] = {k: defaultdict(list) for k in configs}
+    for _ in range(SEQUENCE_REPEATS):
+        for key, cfg in configs.items():
+            states, data = finals[key], blobs[key]
+            for name, fn, per in (
+                ("fold_us_per_event", lambda c=cfg: per_user(c), n),
+                ("fold_batch_us_per_event", lambda c=cfg: per_fetch(c), len(events)),
+                ("encode_us_per_state", lambda s=states: [encode(x) for x in s], len(states)),
+                ("decode_us_per_state", lambda d=data: [decode(b) for b in d], len(data)),
+            ):
+                gc.collect()
+                with _StepClock() as clock:
+                    t0 = time.perf_counter()
+                    fn()
+                    runs[key][name].append((time.perf_counter() - t0) / per * 1e6)
+                if name.startswith("fold"):
+                    step = name.replace("_us_", "_sequence_step_us_")
+                    runs[key][step].append(clock.total / per * 1e6)
+    out: dict[str, Any] = {"events": n, "fetch_events": len(events), "fetch": FETCH}
+    for key in configs:
+        sizes = sorted(map(len, blobs[key]))
+        out[key] = {
+            **{name: {"best": min(t), "runs": t} for name, t in runs[key].items()},
+            "state_bytes": {
+                "median": statistics.median(sizes),
+                "p90": sizes[int(0.9 * (len(sizes) - 1))],
+                "max": sizes[-1],
+                "total": sum(sizes),
+            },
+            "events_kept_median": statistics.median(len(s.sequence) for s in finals[key]),
+        }
+    return out
 
 
 class _Stores:
@@ -388,11 +506,39 @@ def dedup_costs(rows: list[tuple[str, str, str, str, int]]) -> dict[str, Any]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(OUT), help="where the JSON goes ('-': nowhere)")
+    ap.add_argument("--only-sequence", action="store_true", help="the sequence section alone")
+    args = ap.parse_args()
     rows = load_rows()
     batches = make_batches(rows)
     n = sum(len(v) for _, v in batches)
     parser = EventParser(DEFAULT_WEIGHTS, DEFAULT_ALIASES)
     items = {r[1] for r in rows}
+    sequence = sequence_costs(rows, batches, parser, DictVectors(items, 64))
+    on, off = sequence["on"], sequence["off"]
+    print(
+        f"sequence (d=64), best of {SEQUENCE_REPEATS}, on (50 events) / off (0): "
+        + ", ".join(
+            f"{name} {on[name]['best']:.2f} / {off[name]['best']:.2f}"
+            for name in (
+                "fold_us_per_event",
+                "fold_sequence_step_us_per_event",
+                "fold_batch_us_per_event",
+                "fold_batch_sequence_step_us_per_event",
+                "encode_us_per_state",
+                "decode_us_per_state",
+            )
+        )
+        + f"; state bytes median {on['state_bytes']['median']} / {off['state_bytes']['median']}, "
+        f"p90 {on['state_bytes']['p90']} / {off['state_bytes']['p90']}, "
+        f"max {on['state_bytes']['max']} / {off['state_bytes']['max']} "
+        f"(median events kept {on['events_kept_median']})"
+    )
+    if args.only_sequence:
+        if args.out != "-":
+            Path(args.out).write_text(json.dumps({"sequence": sequence}, indent=2) + "\n")
+        return
     base = {
         "json_loads": best_of(lambda: run_json(batches)) / n,
         "orjson_loads": best_of(lambda: run_orjson(batches)) / n,
@@ -406,6 +552,7 @@ def main() -> None:
         "machine": platform.machine(),
         "baseline_us_per_event": {k: v * 1e6 for k, v in base.items()},
         "by_dim": {},
+        "sequence": sequence,
     }
     print(f"{n} events in {len(batches)} batches of <= {BATCH} (one user each)")
     print("baselines, us/event: " + ", ".join(f"{k} {v * 1e6:.2f}" for k, v in base.items()))
@@ -467,9 +614,11 @@ def main() -> None:
             + ", ".join(f"{name} {t[0]:.2f} ({t[-1]:.2f})" for name, t in by.items())
             + f"; parse_batch {base / by['parse_batch'][0]:.1f}x faster than 0.2.0"
         )
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    if args.out != "-":
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

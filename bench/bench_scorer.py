@@ -19,7 +19,17 @@ Ratios are against ``numpy``. The baseline does less work (no network, no catego
 popularity terms, no exclusion, no Python objects), so ``tf_retrieval / numpy`` is the
 like-for-like figure. Writes bench/results/scorer.json.
 
-Run: ``python bench/bench_scorer.py [--quick]``.
+``sequence`` (also alone: ``--case sequence``, which writes bench/results/scorer_sequence.json):
+users/s of the sequence model's ``next_items`` signature (models.training.sequence: 2
+causal self-attention blocks, d = 32, 2 heads) called in-process on the loaded SavedModel,
+B = 256 users with N = 50 events each, K = 20, catalogs of 10k and 100k items; repeated
+(``--reps``, each at least ``min_s`` of back-to-back calls) and reported as median with the
+range. ``full``: every user has 50 known events (the worst case); ``mixed``: 1-50 events
+per user (uniform); ``local``: LocalScorer.next_in_sequence on the same users (ids -> indices,
+the signature, decoding into Recommended). The device is whatever TensorFlow sees (the
+output says whether a GPU was visible). Target: ``full`` >= 5,000 users/s at 10k items.
+
+Run: ``python bench/bench_scorer.py [--quick] [--case all|scorer|sequence]``.
 """
 
 from __future__ import annotations
@@ -43,10 +53,15 @@ from models.serving.codec import encode_batch
 from models.training.export import export_version
 from models.training.module import ModelArtifacts
 from models.training.ranker import DenseStack, feature_names
+from models.training.sequence import SequenceConfig, SequenceWeights, init_arrays
 from stream.core.types import ScoreBatch
 
 D, K, N_CAT = 64, 20, 1000
 RESULTS = Path(__file__).resolve().parent / "results" / "scorer.json"
+SEQUENCE_RESULTS = Path(__file__).resolve().parent / "results" / "scorer_sequence.json"
+SEQ_B, SEQ_N = 256, 50  # users per call, events per user
+SEQ_TYPES = ["browse", "click", "favorite", "add_to_cart", "purchase"]
+SEQ_TARGET = 5_000.0  # users/s of `next_items` at B = 256, N = 50, 10k items, on the CPU
 
 
 def artifacts(n_items: int, seed: int = 0) -> ModelArtifacts:
@@ -143,11 +158,149 @@ def numpy_topk(emb: np.ndarray, vec: np.ndarray) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+def sequence_artifacts(n_items: int, seed: int = 0) -> ModelArtifacts:
+    """:func:`artifacts` plus a sequence model of the default shape (random weights)."""
+    art = artifacts(n_items, seed)
+    cfg = SequenceConfig(length=SEQ_N, dim=32, blocks=2, heads=2, seed=seed)
+    arrays = init_arrays(n_items, len(SEQ_TYPES), cfg, art.embeddings)
+    arrays["item_bias"] = np.random.default_rng(seed).normal(0, 1, n_items).astype(np.float32)
+    art.sequence = SequenceWeights(arrays, cfg.heads, SEQ_TYPES, cfg.length)
+    return art
+
+
+def sequence_inputs(n_items: int, mixed: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    """B right-aligned sequences of N events (``mixed``: 1..N events, -1 front padding)."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0, n_items, (SEQ_B, SEQ_N)).astype(np.int32)
+    kinds = rng.integers(0, len(SEQ_TYPES), (SEQ_B, SEQ_N)).astype(np.int32)
+    if mixed:
+        for r, n in enumerate(rng.integers(1, SEQ_N + 1, SEQ_B).tolist()):
+            items[r, : SEQ_N - n] = -1
+            kinds[r, : SEQ_N - n] = -1
+    return {"seq_items": items, "seq_types": kinds, "k": np.full(SEQ_B, K, np.int32)}
+
+
+def repeated(fn: Callable[[], object], users: int, reps: int, min_s: float) -> list[float]:
+    """Users/s of ``reps`` runs, each back-to-back calls for at least ``min_s`` (after a
+    warm-up call)."""
+    fn()
+    out = []
+    for _ in range(reps):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            spent = time.perf_counter() - start
+            if spent >= min_s:
+                break
+        out.append(users * calls / spent)
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    v = sorted(values)
+    return {
+        "median": round(float(np.median(v)), 1),
+        "min": round(v[0], 1),
+        "max": round(v[-1], 1),
+        "runs": [round(x, 1) for x in values],
+    }
+
+
+def sequence_case(tmp: Path, sizes: list[int], reps: int, min_s: float) -> dict[str, object]:
+    """Users/s of `next_items` at B = 256, N = 50 (see the module docstring)."""
+    import tensorflow as tf
+
+    from stream.core.sequence import RecentEvents
+    from stream.core.types import SequenceBatch
+
+    gpus = tf.config.list_physical_devices("GPU")
+    device = "/GPU:0" if gpus else "/CPU:0"
+    print(
+        f"sequence: next_items at B={SEQ_B}, N={SEQ_N}, K={K} on {device} "
+        f"({'a GPU is' if gpus else 'no GPU'} visible to TensorFlow)",
+        flush=True,
+    )
+    rows = []
+    for n_items in sizes:
+        path = export_version(sequence_artifacts(n_items), tmp / f"seq{n_items}")
+        with tf.device(device):
+            loaded = tf.saved_model.load(str(path))
+        sig = loaded.signatures["next_items"]
+        row: dict[str, object] = {"items": n_items, "batch": SEQ_B, "events": SEQ_N, "k": K}
+        for name, mixed in (("full", False), ("mixed", True)):
+            x = {k: tf.constant(v) for k, v in sequence_inputs(n_items, mixed).items()}
+
+            def call(x=x, sig=sig) -> object:
+                with tf.device(device):
+                    out = sig(**x)
+                return out["items"].numpy(), out["scores"].numpy()
+
+            row[name] = spread(repeated(call, SEQ_B, reps, min_s))
+        scorer = LocalScorer(path.parent, watch=False)
+        if hasattr(scorer, "next_in_sequence") and scorer._current.view.sequence is not None:
+            x = sequence_inputs(n_items, mixed=False, seed=1)
+            names = scorer._current.view.item_names
+            seqs = [
+                RecentEvents(
+                    list(range(SEQ_N)),
+                    [names[i] for i in r.tolist()],
+                    [SEQ_TYPES[t] for t in t_row.tolist()],
+                )
+                for r, t_row in zip(x["seq_items"], x["seq_types"], strict=True)
+            ]
+            batch = SequenceBatch([f"u{n}" for n in range(SEQ_B)], seqs, K)
+            run = scorer.next_in_sequence
+            row["local"] = spread(repeated(lambda b=batch, run=run: run(b), SEQ_B, reps, min_s))
+        scorer.close()
+        rows.append(row)
+        parts = [
+            f"{name} {r['median']:>8.0f}/s [{r['min']:.0f}-{r['max']:.0f}]"
+            for name, r in row.items()
+            if isinstance(r, dict)
+        ]
+        print(f"sequence items={n_items:>7}  " + "  ".join(parts), flush=True)
+    at_10k = [r for r in rows if r["items"] == 10_000]
+    return {
+        "device": device,
+        "gpu_visible": bool(gpus),
+        "cpus": os.cpu_count(),
+        "reps": reps,
+        "min_s_per_rep": min_s,
+        "target": f"full >= {SEQ_TARGET:.0f} users/s at 10k items (B={SEQ_B}, N={SEQ_N})",
+        "target_met": bool(at_10k) and all(r["full"]["median"] >= SEQ_TARGET for r in at_10k),
+        "rows": rows,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="LocalScorer throughput vs numpy baseline")
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timing")
+    ap.add_argument(
+        "--case",
+        choices=("all", "scorer", "sequence"),
+        default="all",
+        help="all; the retrieval + network scorer only; the sequence model only",
+    )
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the sequence case")
     args = ap.parse_args()
     import tensorflow as tf
+
+    seq_sizes = [10_000, 100_000]
+    if args.case == "sequence":
+        with tempfile.TemporaryDirectory() as tmp:
+            seq = sequence_case(Path(tmp), seq_sizes, max(args.reps, 3), 0.5 if args.quick else 1.0)
+        seq["machine"] = {
+            "platform": platform.platform(),
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+        }
+        SEQUENCE_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        SEQUENCE_RESULTS.write_text(json.dumps(seq, indent=1))
+        print(
+            f"sequence target ({seq['target']}) met: {seq['target_met']}; wrote {SEQUENCE_RESULTS}"
+        )
+        return
 
     sizes = [1, 16, 256, 1024] if args.quick else [4**p for p in range(7)]
     min_s = 0.2 if args.quick else 0.5
@@ -202,6 +355,11 @@ def main() -> None:
                     flush=True,
                 )
             scorer.close()
+        seq = (
+            sequence_case(Path(tmp), seq_sizes, max(args.reps, 3), 0.5 if args.quick else 1.0)
+            if args.case == "all"
+            else None
+        )
     big = [r for r in rows if r["batch"] >= 256]
     result = {
         "benchmark": "scorer",
@@ -221,6 +379,8 @@ def main() -> None:
         "retrieval_target_met": all(r["ratio_tf_retrieval_vs_numpy"] >= 1.0 for r in big),
         "rows": rows,
     }
+    if seq is not None:
+        result["sequence"] = seq
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
     print(

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     event_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
     max_categories: int = Field(64, ge=1, le=4096)
     max_items: int = Field(100, ge=0, le=100_000)
+    sequence_length: int = Field(
+        50, ge=0, le=1000, description="recent events kept per user in event-time order; 0: none"
+    )
     dedup_retention_ms: int = Field(
         7 * DAY_MS, ge=0, description="event time ids are remembered for; 0: offsets only"
     )
@@ -177,6 +180,11 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     model_poll_interval_s: float = Field(10.0, gt=0)
     embedding_dim: int = Field(64, ge=2, le=1024)
+    sequence_dim: int = Field(
+        32, ge=4, le=1024, description="width of the sequence model (divisible by its heads)"
+    )
+    sequence_blocks: int = Field(2, ge=1, le=12, description="Transformer blocks of it")
+    sequence_heads: int = Field(2, ge=1, le=16, description="attention heads per block")
 
     # --- worker process ----------------------------------------------------------------------
     data_dir: Path = Path("./data")
@@ -223,6 +231,11 @@ class Settings(BaseSettings):
             )
         if self.half_life_short_ms > self.half_life_long_ms:
             raise ValueError("half_life_short_ms: must not exceed half_life_long_ms")
+        if self.sequence_dim % self.sequence_heads:
+            raise ValueError(
+                f"sequence_dim: {self.sequence_dim} is not divisible by "
+                f"INTEREST_SEQUENCE_HEADS ({self.sequence_heads})"
+            )
         sasl = self.kafka_security_protocol in (
             SecurityProtocol.SASL_PLAINTEXT,
             SecurityProtocol.SASL_SSL,
@@ -321,6 +334,7 @@ def interest_config(settings: Settings) -> InterestConfig:
         half_life_long_ms=settings.half_life_long_ms,
         max_categories=settings.max_categories,
         max_items=settings.max_items,
+        sequence_length=settings.sequence_length,
     )
 
 

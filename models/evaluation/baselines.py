@@ -25,6 +25,7 @@ from models.training.embeddings import Interactions
 from stream.core.candidates import recommend_batch
 from stream.core.decay import LONG, SHORT, Sums
 from stream.core.interest import InterestConfig, UserState, fold, new_state
+from stream.core.sequence import RecentEvents
 from stream.core.trending import (
     GLOBAL_TOP,
     CategoryTrend,
@@ -34,7 +35,7 @@ from stream.core.trending import (
     new_trend,
     top_items,
 )
-from stream.core.types import Event, ItemVectors, Scorer
+from stream.core.types import Event, ItemVectors, Scorer, SequenceBatch
 
 S = TypeVar("S", bound=Sums)
 
@@ -392,6 +393,36 @@ class ImplicitALS:
             return
         row = self.rows.setdefault(event.user_id, {})
         row[pos] = row.get(pos, 0.0) + event.weight
+
+
+class SequenceNext:
+    """The sequence model alone: the trained Transformer's next items for the user's recent
+    events (the scorer's ``next_in_sequence``, i.e. the model's ``next_items`` signature).
+
+    Each user's events are kept as the state keeps them (:class:`RecentEvents`, the last
+    ``length`` in event-time order, the same bounded insertion as the fold), so the model
+    sees what the worker would send it. It can only return items the model was trained on,
+    all seen before the cut, so the leak check holds by construction.
+    """
+
+    def __init__(self, scorer: Scorer, length: int, name: str = "sequence") -> None:
+        self.name = name
+        self.scorer = scorer
+        self.length = length
+        self.sequences: dict[str, RecentEvents] = {}
+
+    def recommend(self, user_id: str, k: int, now_ms: int) -> list[str]:
+        sequence = self.sequences.get(user_id)
+        if sequence is None or not len(sequence):
+            return []
+        (recs,) = self.scorer.next_in_sequence(SequenceBatch([user_id], [sequence], k))
+        return [r.item_id for r in recs[:k]]
+
+    def observe(self, event: Event) -> None:
+        sequence = self.sequences.get(event.user_id)
+        if sequence is None:
+            sequence = self.sequences[event.user_id] = RecentEvents()
+        sequence.insert(event.ts, event.item_id, event.type, self.length)
 
 
 # ----------------------------------------------------------------------------- production

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from models.evaluation.baselines import (
     MFStatic,
     Popularity,
     ProductionRanker,
+    SequenceNext,
     UserItemStrength,
     reweighter,
 )
@@ -73,6 +74,11 @@ DEFAULT_TARGETS: tuple[str, ...] = ("click", "favorite", "add_to_cart", "purchas
 MAX_K = max(KS)
 COVERAGE_K = 20
 CI_METRICS = ("hr@20", "ndcg@20")
+PAIRS: tuple[tuple[str, str], ...] = (  # paired differences reported (when both ran)
+    ("interest-stream", "interest-stream:no-sequence"),
+    ("interest-stream", "interest-stream:no-network"),
+    ("interest-stream", "sequence"),
+)
 VALIDATION_QUANTILE = 0.85  # of pre-cut event times: the last 15% validate the tuning
 DEFAULT_TRIALS = 16
 BOOTSTRAP_RESAMPLES = 1000
@@ -239,6 +245,28 @@ def method_metrics(result: Replay, name: str, *, seed: int) -> dict[str, Any]:
     return out
 
 
+def paired_differences(result: Replay, *, seed: int) -> dict[str, dict[str, Any]]:
+    """``a - b`` of HR@20 / NDCG@20 on the same targets, for the PAIRS that both ran, with
+    a 95% bootstrap CI resampling users (the same users in both: tighter than comparing two
+    marginal intervals, which overlap even when one method wins on most users)."""
+    users = np.asarray(result.users, np.int64)
+    out: dict[str, dict[str, Any]] = {}
+    for a, b in PAIRS:
+        if a not in result.names or b not in result.names:
+            continue
+        entry: dict[str, Any] = {}
+        for key in CI_METRICS:
+            metric, k = key.split("@")
+            diff = per_target(result.rank_array(a), metric, int(k)) - per_target(
+                result.rank_array(b), metric, int(k)
+            )
+            ci = bootstrap_ci(diff, users, resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+            entry[key] = float(diff.mean()) if len(diff) else 0.0
+            entry[f"{key}_ci"] = [ci[0], ci[1]]
+        out[f"{a} - {b}"] = entry
+    return out
+
+
 # ----------------------------------------------------------------------------- methods
 
 
@@ -272,7 +300,12 @@ def build_methods(
     seed: int,
     tuned: tuple[Settings, TrainedModel] | None = None,
 ) -> list[Method]:
-    """Every method of one run; each starts empty and is warmed up by the replay itself."""
+    """Every method of one run; each starts empty and is warmed up by the replay itself.
+
+    ``interest-stream`` is the fused production path (with a sequence model, its next
+    items join the candidate union); when the model has one, ``interest-stream:no-sequence``
+    (that source off) and ``sequence`` (the Transformer alone) show what the fusion adds.
+    """
     scorer = model.scorer()
     config = interest_config(settings)
     art = model.artifacts
@@ -282,6 +315,13 @@ def build_methods(
         stream_method("interest-stream:long-only", settings, scorer, keep=(False, True)),
         stream_method("interest-stream:no-network", settings, None),
     ]
+    if has_sequence_model(model):
+        methods += [
+            stream_method(
+                "interest-stream:no-sequence", settings, without_sequence(model).scorer()
+            ),
+            SequenceNext(scorer, config.sequence_length),
+        ]
     if tuned is not None:
         tuned_settings, tuned_model = tuned
         weights = reweighter(settings.event_weights, tuned_settings.event_weights)
@@ -307,6 +347,35 @@ def build_methods(
         ),
     ]
     return methods
+
+
+def has_sequence_model(model: TrainedModel) -> bool:
+    """Whether training produced a sequence model (``ModelArtifacts.sequence``)."""
+    return getattr(model.artifacts, "sequence", None) is not None
+
+
+def without_sequence(model: TrainedModel) -> TrainedModel:
+    """The same trained model without its sequence part: the fusion's ablation.
+
+    No sequence model (so no ``next_in_sequence`` candidates) and no fused network: the
+    plain network ranks the union if it beat the blend on the validation window (the guard
+    as it was before the sequence model), else the blend. Same embeddings, retrieval and
+    plain network, so the difference to ``interest-stream`` is the sequence model alone.
+    """
+    art = replace(model.artifacts, sequence=None)
+    if hasattr(art, "fused"):
+        art = replace(art, fused=None)
+    ranking = dict(model.metrics.get("ranking") or {})
+    k = ranking.get("k", 20)
+    net, blend = ranking.get("network"), ranking.get("blend")
+    if isinstance(net, dict) and isinstance(blend, dict):
+
+        def key(m: dict[str, float]) -> tuple[float, float]:
+            return (m.get(f"hr@{k}", 0.0), m.get(f"ndcg@{k}", 0.0))
+
+        ranking["use_network"] = key(net) > key(blend)
+        ranking["mode"] = "network" if ranking["use_network"] else "blend"
+    return TrainedModel(art, {**model.metrics, "ranking": ranking}, model.config)
 
 
 def fit_model(
@@ -475,6 +544,10 @@ def evaluate_command(
             advance=lambda: progress.advance(task),
         )
     metrics = assemble(result, settings, split, cut=cut, seed=seed, targets=targets)
+    if model.metrics.get("sequence") is not None:  # the sequence model's own validation
+        metrics["sequence_model"] = model.metrics["sequence"]
+    if model.metrics.get("ranking") is not None:  # what ranks the union, and why
+        metrics["ranking_guard"] = model.metrics["ranking"]
     if tuning is not None:
         metrics["tuning"] = tuning_summary(*tuning, out_dir / "tuned.toml")
         write_tuned_toml(out_dir / "tuned.toml", settings, tuning[0])
@@ -543,6 +616,7 @@ def assemble(
     reach = float(np.mean(result.reachable)) if result.reachable else 0.0
     return {
         "methods": methods,
+        "differences": paired_differences(result, seed=seed),
         "reachable_fraction": reach,
         "settings": {
             "cut": cut,
@@ -666,9 +740,64 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         "known to the trained model (items first seen after the cut cannot be retrieved by "
         "model-based methods; the stream's own-items and trending sources can still reach them).",
     ]
+    lines += _difference_lines(metrics)
     lines += _tuning_lines(metrics)
     lines += ["", "Plots: hr_at_k.png, sample_user_interest.png, hr20_by_time.png.", ""]
     return "\n".join(lines)
+
+
+def _difference_lines(metrics: dict[str, Any]) -> list[str]:
+    """Paired differences (same targets, users resampled), the guard's choice and the
+    sequence model's own validation numbers, when they are there."""
+    diffs = metrics.get("differences") or {}
+    out: list[str] = []
+    if diffs:
+        out += [
+            "",
+            "## Paired differences",
+            "",
+            "Same targets for both methods; 95% CI from resampling users (an interval that "
+            "excludes 0 is a difference the sample supports).",
+            "",
+            "| a - b | HR@20 (95% CI) | NDCG@20 (95% CI) |",
+            "| --- | --- | --- |",
+        ]
+        for pair, d in diffs.items():
+            out.append(
+                f"| {pair} | {d['hr@20']:+.4f} {_fmt_ci4(d['hr@20_ci'])} | "
+                f"{d['ndcg@20']:+.4f} {_fmt_ci4(d['ndcg@20_ci'])} |"
+            )
+    guard = metrics.get("ranking_guard") or {}
+    k = guard.get("k", 20)
+    shown = [
+        f"{name} {guard[name][f'hr@{k}']:.4f}"
+        for name in ("blend", "network", "fused")
+        if isinstance(guard.get(name), dict) and f"hr@{k}" in guard[name]
+    ]
+    if shown:
+        mode = guard.get("mode", "network" if guard.get("use_network", True) else "blend")
+        out += [
+            "",
+            f"The guard: `{mode}` ranks the union of `interest-stream` (HR@{k} on the "
+            f"training validation window: {', '.join(shown)}).",
+        ]
+    validation = (metrics.get("sequence_model") or {}).get("validation")
+    if validation:
+        shown = ", ".join(
+            f"{key.upper()} {float(validation[key]):.4f}"
+            for key in ("hr@20", "ndcg@20")
+            if key in validation
+        )
+        out += [
+            "",
+            f"Sequence model, on its training validation window (next item of pre-cut "
+            f"sequences): {shown}.",
+        ]
+    return out
+
+
+def _fmt_ci4(ci: Sequence[float]) -> str:
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
 def _tuning_lines(metrics: dict[str, Any]) -> list[str]:
@@ -696,12 +825,17 @@ def _tuning_lines(metrics: dict[str, Any]) -> list[str]:
     return out
 
 
+def _other_style(name: str, baseline: str, sequence: str) -> str:
+    """Line style of a method that is not interest-stream: the sequence model stands out."""
+    return sequence if name == "sequence" else baseline
+
+
 def plot_hit_curves(path: Path, curves: dict[str, np.ndarray]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for name, curve in curves.items():
-        style = "-" if name.startswith("interest-stream") else "--"
+        style = "-" if name.startswith("interest-stream") else _other_style(name, "--", "-.")
         ax.plot(np.arange(1, len(curve) + 1), curve, style, label=name)
     ax.set_xlabel("K")
     ax.set_ylabel("HR@K")
@@ -769,7 +903,7 @@ def plot_by_time(path: Path, result: Replay, cut_ts: int) -> None:
         for name in result.names:
             hits = per_target(result.rank_array(name), "hr", 20)
             ys = [hits[bucket == b].mean() for b in xs]
-            style = "-o" if name.startswith("interest-stream") else "--."
+            style = "-o" if name.startswith("interest-stream") else _other_style(name, "--.", "-.x")
             ax.plot(mids, ys, style, label=name, ms=4)
         size = "1 day" if unit == "day" else f"{width:g} h"
         ax.set_xlabel(f"{unit}s after the cut (points at the middle of {size} buckets)")
@@ -791,11 +925,14 @@ __all__ = [
     "check_no_leak",
     "cut_time",
     "evaluate_command",
+    "has_sequence_model",
     "hit_curves",
     "is_target",
     "method_metrics",
+    "paired_differences",
     "read_split",
     "replay",
     "tune_settings",
+    "without_sequence",
     "write_tuned_toml",
 ]

@@ -15,9 +15,16 @@ import numpy as np
 from models.serving.model_dir import ModelView
 from stream.core.errors import ScorerError
 from stream.core.features import N_FEATURES
-from stream.core.types import CandidateBatch, Recommended, RecommendReason, ScoreBatch
+from stream.core.sequence import RecentEvents, sequence_columns
+from stream.core.types import (
+    CandidateBatch,
+    Recommended,
+    RecommendReason,
+    ScoreBatch,
+    SequenceBatch,
+)
 
-B = TypeVar("B", ScoreBatch, CandidateBatch)
+B = TypeVar("B", ScoreBatch, CandidateBatch, SequenceBatch)
 
 
 def user_inputs(
@@ -65,7 +72,8 @@ def encode_batch(batch: ScoreBatch, view: ModelView) -> dict[str, np.ndarray]:
 
 
 def encode_candidates(batch: CandidateBatch, view: ModelView) -> dict[str, np.ndarray]:
-    """CandidateBatch -> the `score` signature's inputs (items -1: unknown to the model).
+    """CandidateBatch -> the `score` signature's inputs (items -1: unknown to the model;
+    a fused version's also takes the users' recent events).
 
     Rows are padded to the longest candidate list; padding is cut off again by
     :func:`decode_candidates`, so its value does not matter.
@@ -84,6 +92,10 @@ def encode_candidates(batch: CandidateBatch, view: ModelView) -> dict[str, np.nd
         feats[row, : len(ids)] = np.asarray(f, np.float32).reshape(len(ids), n_feat)
     inputs["items"] = items
     inputs["feats"] = feats
+    if view.fused:  # its `score` reads the users' recent events too (the sequence feature)
+        seqs = batch.sequences if batch.sequences is not None else [RecentEvents()] * b
+        seq = encode_sequences(SequenceBatch(batch.user_ids, seqs, 1), view)
+        inputs["seq_items"], inputs["seq_types"] = seq["seq_items"], seq["seq_types"]
     return inputs
 
 
@@ -159,7 +171,44 @@ def _reason(
     return RecommendReason.popular
 
 
-def empty_result(batch: ScoreBatch) -> list[list[Recommended]]:
+def encode_sequences(batch: SequenceBatch, view: ModelView) -> dict[str, np.ndarray]:
+    """SequenceBatch -> the `next_items` signature's inputs: each user's recent events as a
+    right-aligned row of the model's item and event-type indices (-1: padding, unknown).
+
+    Every row is the model's full sequence length wide, so TF Serving's batcher never pads
+    two requests to a common width."""
+    info = view.sequence
+    if info is None:
+        raise ScorerError(f"model {view.version} has no sequence model")
+    types = {t: n for n, t in enumerate(info.event_types)}
+    items, kinds = sequence_columns(batch.sequences, view.catalog.item_index, types, info.length)
+    return {
+        "seq_items": items,
+        "seq_types": kinds,
+        "k": np.full(len(batch.user_ids), max(1, int(batch.k)), np.int32),
+    }
+
+
+def decode_next(
+    batch: SequenceBatch, view: ModelView, items: np.ndarray, scores: np.ndarray
+) -> list[list[Recommended]]:
+    """The `next_items` reply -> Recommended lists (reason ``next_in_sequence``, padding
+    -1 dropped, at most k per user, best first)."""
+    names, cats = view.item_names, view.item_category_names
+    items = np.asarray(items).reshape(len(batch.user_ids), -1)[:, : max(1, batch.k)]
+    scores = np.clip(np.asarray(scores, np.float64).reshape(len(batch.user_ids), -1), 0.0, 1.0)
+    reason = RecommendReason.next_in_sequence
+    return [
+        [
+            Recommended(names[i], s, cats[i], reason)
+            for i, s in zip(row, score_row, strict=False)
+            if i >= 0
+        ]
+        for row, score_row in zip(items.tolist(), scores[:, : items.shape[1]].tolist(), strict=True)
+    ]
+
+
+def empty_result(batch: ScoreBatch | SequenceBatch) -> list[list[Recommended]]:
     return [[] for _ in batch.user_ids]
 
 
@@ -168,7 +217,9 @@ def split(batch: B, size: int) -> list[B]:
     n = len(batch.user_ids)
     if n <= size:
         return [batch]
-    per_user = [f.name for f in fields(batch) if f.name != "k"]
+    per_user = [
+        f.name for f in fields(batch) if f.name != "k" and getattr(batch, f.name) is not None
+    ]
     return [
         replace(batch, **{name: getattr(batch, name)[a : a + size] for name in per_user})
         for a in range(0, n, size)

@@ -28,16 +28,19 @@ import numpy as np
 
 from models.serving.codec import (
     decode_candidates,
+    decode_next,
     decode_result,
     empty_result,
     encode_batch,
     encode_candidates,
+    encode_sequences,
     no_scores,
     split,
 )
 from models.serving.model_dir import EmbeddingTable, ModelView, list_versions
 from stream.core.errors import ScorerError
-from stream.core.types import CandidateBatch, Recommended, ScoreBatch
+from stream.core.sequence import RecentEvents
+from stream.core.types import CandidateBatch, Recommended, ScoreBatch, SequenceBatch
 
 log = logging.getLogger("interest.scorer")
 
@@ -48,6 +51,7 @@ class _Loaded:
     module: Any  # keeps the restored object (and its variables) alive
     run: Callable[..., Mapping[str, Any]]
     run_score: Callable[..., Mapping[str, Any]]
+    run_next: Callable[..., Mapping[str, Any]] | None  # `next_items`: versions with a sequence
 
 
 class LocalScorer:
@@ -111,29 +115,57 @@ class LocalScorer:
         cur = self._current  # one reference for the whole call: a swap does not affect it
         if cur is None or not batch.user_ids:
             return empty_result(batch)
-        out: list[list[Recommended]] = []
-        for part in split(batch, self._max_batch):
-            inputs = encode_batch(part, cur.view)
-            try:
-                res = cur.run(**inputs)
-            except Exception as exc:  # TF raises many types; the stream needs one
-                raise ScorerError(f"local model {cur.view.version}: {exc}") from exc
-            out.extend(decode_result(part, cur.view, res["items"], res["scores"]))
-        return out
+        return self._in_parts(
+            cur,
+            batch,
+            cur.run,
+            encode_batch,
+            lambda part, res: decode_result(part, cur.view, res["items"], res["scores"]),
+        )
 
     def score_candidates(self, batch: CandidateBatch) -> list[np.ndarray]:
         """Network scores per candidate; empty arrays while no model is loaded."""
         cur = self._current
         if cur is None or not batch.user_ids:
             return no_scores(batch)
-        out: list[np.ndarray] = []
+        return self._in_parts(
+            cur,
+            batch,
+            cur.run_score,
+            encode_candidates,
+            lambda part, res: decode_candidates(part, res["scores"]),
+        )
+
+    def next_in_sequence(self, batch: SequenceBatch) -> list[list[Recommended]]:
+        """The sequence model's next items; empty lists while the loaded version has none."""
+        cur = self._current
+        if cur is None or cur.run_next is None or not batch.user_ids:
+            return empty_result(batch)
+        return self._in_parts(
+            cur,
+            batch,
+            cur.run_next,
+            encode_sequences,
+            lambda part, res: decode_next(part, cur.view, res["items"], res["scores"]),
+        )
+
+    def _in_parts(
+        self,
+        cur: _Loaded,
+        batch: Any,
+        run: Callable[..., Mapping[str, Any]],
+        encode: Callable[[Any, ModelView], dict[str, np.ndarray]],
+        decode: Callable[[Any, Mapping[str, Any]], list[Any]],
+    ) -> list[Any]:
+        """One signature call per part of at most ``max_batch`` users, on one version."""
+        out: list[Any] = []
         for part in split(batch, self._max_batch):
-            inputs = encode_candidates(part, cur.view)
+            inputs = encode(part, cur.view)
             try:
-                res = cur.run_score(**inputs)
-            except Exception as exc:
+                res = run(**inputs)
+            except Exception as exc:  # TF raises many types; the stream needs one
                 raise ScorerError(f"local model {cur.view.version}: {exc}") from exc
-            out.extend(decode_candidates(part, res["scores"]))
+            out.extend(decode(part, res))
         return out
 
     def close(self) -> None:
@@ -186,7 +218,13 @@ class LocalScorer:
 
             return run
 
-        loaded = _Loaded(view, module, runner("recommend"), runner("score"))
+        loaded = _Loaded(
+            view,
+            module,
+            runner("recommend"),
+            runner("score"),
+            runner("next_items") if view.sequence is not None else None,
+        )
         _warm_up(loaded)
         return loaded
 
@@ -298,3 +336,6 @@ def _warm_up(loaded: _Loaded) -> None:
             loaded.view.catalog.top_k,
         )
         loaded.run(**encode_batch(batch, loaded.view))
+        if loaded.run_next is not None:
+            seqs = SequenceBatch(batch.user_ids, [RecentEvents()] * b, batch.k)
+            loaded.run_next(**encode_sequences(seqs, loaded.view))

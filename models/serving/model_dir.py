@@ -5,6 +5,8 @@ Layout (TensorFlow Serving's: a base directory of integer version directories)::
     MODEL_DIR/
       1764331200/                 version = UTC epoch seconds at export, strictly increasing
         saved_model.pb, variables/   signatures `recommend`, `recommend_mask`, `score`
+                                  (+ `next_items`, `next_scores`: versions with a sequence
+                                  model, metadata.json "sequence")
         catalog.json              item ids, category per item, category index, popularity
         embeddings.npy            (N, d) float32 item embeddings: the stream builds user
                                   vectors from these without importing TensorFlow
@@ -28,13 +30,19 @@ CATALOG_FILE = "catalog.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 METADATA_FILE = "metadata.json"
 FORMAT = 1
-SIGNATURES = ("recommend", "recommend_mask", "score")
+SIGNATURES = ("recommend", "recommend_mask", "score")  # every version
+# the sequence model's (models.training.sequence): only versions whose metadata.json has
+# "sequence"; inputs seq_items, seq_types int32 [B, L] right-aligned (-1: padding/unknown)
+SEQUENCE_SIGNATURES = ("next_items", "next_scores")
+SEQUENCE_KEY = "sequence"
 OTHER_CATEGORY = "__other__"  # the last category slot: categories the model does not know
 TRENDING_QUANTILE = 0.9  # items at or above this popularity quantile are "trending"
 # metadata.json "ranking": what ranks the candidate union when this version is loaded.
 # Training compares the network with the transparent blend on its validation window; the
 # network is used only when it beat the blend there (the guard).
-RANKING_NETWORK, RANKING_BLEND = "network", "blend"
+# "fused": the network with the sequence model's score as one more input (versions with a
+# sequence model only; their `score` signature then takes the users' recent events too).
+RANKING_NETWORK, RANKING_BLEND, RANKING_FUSED = "network", "blend", "fused"
 
 
 def list_versions(model_dir: Path | None, *, complete_only: bool = True) -> list[int]:
@@ -106,6 +114,47 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
     return json.loads((Path(version_dir) / METADATA_FILE).read_text())
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceInfo:
+    """metadata.json ``"sequence"``: what a client needs to feed ``next_items``.
+
+    ``length``: the events per sequence the model reads (longer inputs: the last
+    ``length`` columns); ``event_types``: the index space of ``seq_types``.
+    """
+
+    length: int
+    event_types: list[str]
+    dim: int = 0
+    blocks: int = 0
+    heads: int = 0
+    signatures: tuple[str, ...] = SEQUENCE_SIGNATURES
+
+    @classmethod
+    def from_metadata(cls, meta: Any) -> SequenceInfo | None:
+        """The version's sequence model, or None (no key: versions written before it; a
+        malformed one: the version serves without its sequence model)."""
+        raw = meta.get(SEQUENCE_KEY) if isinstance(meta, dict) else None
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return cls(
+                length=int(raw["length"]),
+                event_types=[str(t) for t in raw.get("event_types", [])],
+                dim=int(raw.get("dim", 0)),
+                blocks=int(raw.get("blocks", 0)),
+                heads=int(raw.get("heads", 0)),
+                signatures=tuple(str(s) for s in raw.get("signatures", SEQUENCE_SIGNATURES)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def version_signatures(meta: Any) -> tuple[str, ...]:
+    """The signatures a version exports: SIGNATURES, plus SEQUENCE_SIGNATURES with a sequence."""
+    info = SequenceInfo.from_metadata(meta)
+    return SIGNATURES + (info.signatures if info is not None else ())
+
+
 class EmbeddingTable:
     """The core's ItemVectors protocol over a version's embeddings.npy (numpy only)."""
 
@@ -152,6 +201,15 @@ class ModelView:
     # the guard (metadata.json "ranking"): False when the network lost to the blend on
     # its validation window; stream.core.candidates then ranks with the blend
     network_ranking: bool = True
+    # metadata.json "sequence": the version's sequence model (`next_items`, `next_scores`);
+    # None for versions without one
+    sequence: SequenceInfo | None = None
+    # metadata.json ranking = "fused": `score` is the fused network (takes seq_items/types)
+    fused: bool = False
+
+    @property
+    def signatures(self) -> tuple[str, ...]:
+        return SIGNATURES + (self.sequence.signatures if self.sequence is not None else ())
 
     def __post_init__(self) -> None:
         cat = self.catalog
@@ -163,21 +221,24 @@ class ModelView:
 
     @classmethod
     def load(cls, version_dir: Path) -> ModelView:
+        version_dir = Path(version_dir)
         cat = read_catalog(version_dir)
+        meta = _metadata_or_empty(version_dir)
         return cls(
             version=version_dir.name,
             path=version_dir,
             catalog=cat,
             vectors=EmbeddingTable.load(version_dir, cat),
             catalog_map=cat.as_mapping(),
-            network_ranking=_network_ranking_of(version_dir),
+            network_ranking=meta.get("ranking") != RANKING_BLEND,
+            sequence=(seq := SequenceInfo.from_metadata(meta)),
+            fused=meta.get("ranking") == RANKING_FUSED and seq is not None,
         )
 
 
-def _network_ranking_of(version_dir: Path) -> bool:
-    """metadata.json ``ranking`` ("network" | "blend"); absent (older versions): network."""
+def _metadata_or_empty(version_dir: Path) -> dict[str, Any]:
     try:
         meta = read_metadata(version_dir)
     except (OSError, ValueError):
-        return True
-    return meta.get("ranking") != RANKING_BLEND
+        return {}
+    return meta if isinstance(meta, dict) else {}

@@ -7,17 +7,31 @@ from typing import Any
 
 import numpy as np
 
-from models.serving.codec import decode_candidates, decode_result, encode_batch, encode_candidates
+from models.serving.codec import (
+    decode_candidates,
+    decode_next,
+    decode_result,
+    empty_result,
+    encode_batch,
+    encode_candidates,
+    encode_sequences,
+)
 from models.serving.model_dir import EmbeddingTable, ModelView
-from stream.core.types import CandidateBatch, Recommended, ScoreBatch
+from stream.core.types import CandidateBatch, Recommended, ScoreBatch, SequenceBatch
 
 
 class StaticScorer:
     """A Scorer over one in-memory model (no directory, no reload): offline evaluation."""
 
-    def __init__(self, view: ModelView, run: Callable[..., Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        view: ModelView,
+        run: Callable[..., Mapping[str, Any]],
+        run_next: Callable[..., Mapping[str, Any]] | None = None,
+    ) -> None:
         self._view = view
         self._run = run
+        self._run_next = run_next  # the `next_items` signature, when the model has one
 
     @property
     def model_version(self) -> str | None:
@@ -51,6 +65,13 @@ class StaticScorer:
             return []
         res = self._run(**encode_candidates(batch, self._view))
         return decode_candidates(batch, res["scores"])
+
+    def next_in_sequence(self, batch: SequenceBatch) -> list[list[Recommended]]:
+        """The sequence model's next items (the `next_items` signature); none without one."""
+        if not batch.user_ids or self._run_next is None or self._view.sequence is None:
+            return empty_result(batch)
+        res = self._run_next(**encode_sequences(batch, self._view))
+        return decode_next(batch, self._view, res["items"], res["scores"])
 
     def close(self) -> None:
         pass

@@ -21,16 +21,18 @@ import orjson
 
 from models.serving.codec import (
     decode_candidates,
+    decode_next,
     decode_result,
     empty_result,
     encode_batch,
     encode_candidates,
+    encode_sequences,
     no_scores,
     split,
 )
 from models.serving.model_dir import EmbeddingTable, ModelView, list_versions
 from stream.core.errors import ScorerError
-from stream.core.types import CandidateBatch, Recommended, ScoreBatch
+from stream.core.types import CandidateBatch, Recommended, ScoreBatch, SequenceBatch
 
 log = logging.getLogger("interest.scorer")
 
@@ -121,6 +123,22 @@ class TFServingScorer:
                 encode_candidates(part, view), version=view.version, signature="score"
             )
             out.extend(decode_candidates(part, np.asarray(outputs["scores"], np.float32)))
+        return out
+
+    def next_in_sequence(self, batch: SequenceBatch) -> list[list[Recommended]]:
+        """The `next_items` signature over REST (the pinned version's, when it has one)."""
+        self._refresh(force=self._failing)
+        view = self._view
+        if view is None or view.sequence is None or not batch.user_ids:
+            return empty_result(batch)
+        out: list[list[Recommended]] = []
+        for part in split(batch, self._max_batch):
+            outputs = self.predict(
+                encode_sequences(part, view), version=view.version, signature="next_items"
+            )
+            items = np.asarray(outputs["items"], np.int32).reshape(len(part.user_ids), -1)
+            scores = np.asarray(outputs["scores"], np.float32).reshape(items.shape)
+            out.extend(decode_next(part, view, items, scores))
         return out
 
     def close(self) -> None:

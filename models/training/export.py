@@ -1,5 +1,9 @@
 """Writing a model version: one SavedModel, its catalog, its embeddings, its metadata.
 
+A version with a sequence model (``ModelArtifacts.sequence``) also exports the
+``next_items`` / ``next_scores`` signatures and records metadata.json ``"sequence"``
+(length, event types, shape, signatures).
+
 The layout is models.serving.model_dir's (TensorFlow Serving's: integer version
 directories under one base path).
 
@@ -28,19 +32,23 @@ from models.serving.model_dir import (
     FORMAT,
     METADATA_FILE,
     RANKING_BLEND,
+    RANKING_FUSED,
     RANKING_NETWORK,
+    SEQUENCE_KEY,
+    SEQUENCE_SIGNATURES,
     SIGNATURES,
     list_versions,
 )
 from models.training.module import ModelArtifacts, build_module, signatures_of
 
 
-def ranking_mode(metrics: Mapping[str, Any] | None) -> str:
-    """RANKING_BLEND when the metrics record that the network lost to the blend, else network."""
+def ranking_mode(metrics: Mapping[str, Any] | None, fused: bool = False) -> str:
+    """RANKING_BLEND when the metrics record that the network lost to the blend; else
+    RANKING_FUSED for a version exported with its fused network, else RANKING_NETWORK."""
     guard = (metrics or {}).get("ranking")
     if isinstance(guard, Mapping) and guard.get("use_network") is False:
         return RANKING_BLEND
-    return RANKING_NETWORK
+    return RANKING_FUSED if fused else RANKING_NETWORK
 
 
 # ----------------------------------------------------------------------------- writing
@@ -84,9 +92,18 @@ def export_version(
             "embedding_dim": art.dim,
             "num_candidates": art.num_candidates,
             "signatures": list(SIGNATURES),
-            "ranking": ranking_mode(metrics),
+            "ranking": ranking_mode(
+                metrics, fused=art.fused is not None and art.sequence is not None
+            ),
             **dict(extra or {}),
         }
+        if art.sequence is not None:
+            # models.serving.model_dir.SequenceInfo reads it; absent: no sequence model
+            meta["signatures"] = [*SIGNATURES, *SEQUENCE_SIGNATURES]
+            meta[SEQUENCE_KEY] = {
+                **art.sequence.info(),
+                "signatures": list(SEQUENCE_SIGNATURES),
+            }
         return _publish(tmp, model_dir, meta, version)
     finally:
         if tmp.exists():

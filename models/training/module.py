@@ -12,11 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from models.serving.model_dir import SEQUENCE_SIGNATURES
 from models.training.ranker import (
     EPS,
     DenseStack,
     category_only_features,
     dense_apply,
+)
+from models.training.sequence import (
+    SequenceWeights,
+    head_from,
+    next_items,
+    next_scores,
+    sequence_feature,
 )
 from stream.core.features import N_FEATURES
 
@@ -35,6 +43,15 @@ class ModelArtifacts:
     top_k: int = 20
     category_weight: float = 1.0  # retrieval: weight of the user's share in the item's category
     popularity_weight: float = 0.01  # retrieval: tie-breaker towards popular items (cold users)
+    # the causal self-attention model over recent events (models.training.sequence): its
+    # item indices are this version's; exported as `next_items` / `next_scores` when set
+    sequence: SequenceWeights | None = None
+    # the fused network (the article's model fusion): the network with the sequence model's
+    # score of each candidate as one more per-pair input (models.training.sequence
+    # .sequence_feature); when set (with ``sequence``), the exported `score` is this network
+    # and takes the users' recent events too. Training sets it when it beat the plain
+    # network and the blend on the validation window (metadata.json ranking = "fused")
+    fused: DenseStack | None = None
 
     @property
     def dim(self) -> int:
@@ -91,10 +108,28 @@ def retrieval_scores(
     return score + cat_weight * by_item + pop_weight * pop_scaled[None, :]
 
 
+def _network_parts(net: DenseStack, unit: np.ndarray, d: int, name: str) -> Any:
+    """A network's weights for serving, its first layer split by what its inputs depend on
+    (the columns of models.training.ranker.pair_features): the item side is computed here
+    once per model version for every item (``first_item``), the user side once per user
+    (``first_user``), and only the per-pair columns (``first_pair``) per pair."""
+    import tensorflow as tf
+
+    w0 = net.weights[0]
+    parts = tf.Module(name=name)
+    parts.w = [tf.Variable(w, trainable=False) for w in net.weights]
+    parts.b = [tf.Variable(b, trainable=False) for b in net.biases]
+    parts.first_item = tf.Variable(unit @ w0[2 * d : 3 * d], trainable=False, name="first_item")
+    parts.first_user = tf.constant(w0[: 2 * d])
+    parts.first_pair = tf.constant(w0[3 * d :])
+    return parts
+
+
 def build_module(art: ModelArtifacts):
     """A tf.Module with the serving functions (``recommend``, ``recommend_mask``, ``score``:
     the exported signatures), traced for any batch size. Retrieval is
-    :func:`retrieval_scores`, which the training replay runs in numpy."""
+    :func:`retrieval_scores`, which the training replay runs in numpy. With
+    ``art.sequence`` also ``next_items`` and ``next_scores`` (models.training.sequence)."""
     import tensorflow as tf
     import tensorflow.experimental.numpy as tnp
 
@@ -121,29 +156,20 @@ def build_module(art: ModelArtifacts):
             self.item_cat = tf.Variable(art.item_category_index(), trainable=False, name="item_cat")
             self.item_pop = tf.Variable(pop, trainable=False, name="item_pop")
             self.scales = tf.Variable(scales, trainable=False, name="scales")
-            self.w = [tf.Variable(w, trainable=False) for w in art.network.weights]
-            self.b = [tf.Variable(b, trainable=False) for b in art.network.biases]
             self.item_norm = tf.Variable(norms[:, 0], trainable=False, name="item_norm")
-            # the network's first layer split by what its inputs depend on (the columns of
-            # models.training.ranker.pair_features): the item side is computed here once per
-            # model version for every item, the user side once per user, and only the few
-            # per-pair columns per pair
-            w0 = art.network.weights[0]
-            self.first_item = tf.Variable(
-                unit @ w0[2 * d : 3 * d], trainable=False, name="first_item"
-            )
-            self.first_user = tf.constant(w0[: 2 * d])
-            self.first_pair = tf.constant(w0[3 * d :])
+            self.net = _network_parts(art.network, unit, d, "net")
             self.num_candidates = tf.constant(art.num_candidates, tf.int32)
             self.retrieval_w = tf.constant([art.category_weight, art.popularity_weight], tf.float32)
 
-        def _net(self, short, long, items, feats):
+        def _net(self, short, long, items, feats, net=None):
             """Network scores (B, M) for item indices (B, M); outside [0, N): unknown item
             (zero embedding and popularity, scored from its per-pair features alone).
 
             The same network as dense_apply(pair_features(...)) of training, with its first
             layer computed in parts: items' part precomputed (``first_item``), users' part
-            once per user, per-pair columns ([B x M, 6 + F]) per pair."""
+            once per user, per-pair columns ([B x M, 6 + F]) per pair. ``net``: the
+            :func:`_network_parts` (default: the plain one)."""
+            net = net if net is not None else self.net
             n_items = tf.shape(self.item_emb)[0]
             known = (items >= 0) & (items < n_items)
             safe = tf.where(known, items, 0)
@@ -169,18 +195,18 @@ def build_module(art: ModelArtifacts):
                 axis=-1,
             )
             pair = tf.concat([pair, tf.cast(feats, tf.float32)], axis=-1)  # (B, M, 6 + F)
-            user = tf.matmul(tf.concat([s_unit, l_unit], -1), self.first_user)  # (B, H)
+            user = tf.matmul(tf.concat([s_unit, l_unit], -1), net.first_user)  # (B, H)
             h = (
-                tf.gather(self.first_item, safe) * k[..., None]
+                tf.gather(net.first_item, safe) * k[..., None]
                 + user[:, None, :]
-                + tf.einsum("bmf,fh->bmh", pair, self.first_pair)
-                + self.b[0]
+                + tf.einsum("bmf,fh->bmh", pair, net.first_pair)
+                + net.b[0]
             )
-            if len(self.w) == 1:
+            if len(net.w) == 1:
                 return tf.sigmoid(h[..., 0])
             shape = tf.shape(h)
             flat = tf.nn.relu(tf.reshape(h, [-1, shape[-1]]))
-            return tf.reshape(dense_apply(self.w[1:], self.b[1:], flat), shape[:-1])
+            return tf.reshape(dense_apply(net.w[1:], net.b[1:], flat), shape[:-1])
 
         def _category_feats(self, cat_short, cat_long, items):
             """Per-pair features from the category strengths alone (retrieval re-ranking)."""
@@ -279,13 +305,72 @@ def build_module(art: ModelArtifacts):
             del cat_short, cat_long
             return {"scores": self._net(short, long, items, feats)}
 
-    return InterestModel()
+    if art.sequence is None:
+        return InterestModel()
+    fused = _network_parts(art.fused, unit, d, "fused") if art.fused is not None else None
+    return _with_sequence(InterestModel, art.sequence, fused, users, n_feat)
+
+
+def _with_sequence(base: type, weights: SequenceWeights, fused: Any, users: list, n_feat: int):
+    """The module plus the sequence model's signatures (models.training.sequence); with a
+    ``fused`` network, `score` is that network over the per-pair features plus the sequence
+    model's score of each candidate, and takes the users' recent events too."""
+    import tensorflow as tf
+
+    seqs = [
+        tf.TensorSpec([None, None], tf.int32, name="seq_items"),
+        tf.TensorSpec([None, None], tf.int32, name="seq_types"),
+    ]
+    fused_score = [
+        *users,
+        tf.TensorSpec([None, None], tf.int32, name="items"),
+        tf.TensorSpec([None, None, n_feat], tf.float32, name="feats"),
+        *seqs,
+    ]
+
+    class InterestSequenceModel(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.sequence = head_from(weights)
+
+        @tf.function(input_signature=[*seqs, tf.TensorSpec([None], tf.int32, name="k")])
+        def next_items(self, seq_items, seq_types, k):
+            """Top max(k) next items of right-aligned event sequences (newest last; -1:
+            padding or unknown), with their softmax probability over the catalog, best
+            first; -1 / 0 for a user without a known item."""
+            return next_items(self.sequence, seq_items, seq_types, k)
+
+        @tf.function(input_signature=[*seqs, tf.TensorSpec([None, None], tf.int32, name="items")])
+        def next_scores(self, seq_items, seq_types, items):
+            """The same probability for given item indices (0 for -1 / unknown)."""
+            return next_scores(self.sequence, seq_items, seq_types, items)
+
+    class InterestFusedModel(InterestSequenceModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fused = fused
+
+        @tf.function(input_signature=fused_score)
+        def score(self, short, long, cat_short, cat_long, items, feats, seq_items, seq_types):
+            """The fused network's scores of candidates: the per-pair features plus the
+            sequence model's score of each candidate given the user's recent events."""
+            del cat_short, cat_long
+            p = next_scores(self.sequence, seq_items, seq_types, items)["scores"]
+            n_items = tf.cast(self.sequence.n_items, tf.float32)
+            col = sequence_feature(tf.math, p, n_items)[..., None]
+            return {"scores": self._net(short, long, items, tf.concat([feats, col], -1), fused)}
+
+    return InterestSequenceModel() if fused is None else InterestFusedModel()
 
 
 def signatures_of(module) -> dict[str, Any]:
-    return {
+    out = {
         "recommend": module.recommend.get_concrete_function(),
         "recommend_mask": module.recommend_mask.get_concrete_function(),
         "score": module.score.get_concrete_function(),
         "serving_default": module.recommend.get_concrete_function(),
     }
+    for name in SEQUENCE_SIGNATURES:
+        if hasattr(module, name):
+            out[name] = getattr(module, name).get_concrete_function()
+    return out

@@ -31,6 +31,7 @@ from stream.core.features import (
     gather,
 )
 from stream.core.interest import InterestConfig, UserState, fold, interest_vector, new_state
+from stream.core.sequence import sequence_columns
 from stream.core.trending import (
     GLOBAL_TOP,
     CategoryTrend,
@@ -74,6 +75,9 @@ class Steps:
             self.progress.update(tid, completed=total or 0, visible=True)
 
 
+PER_PAIR = ("short", "long", "cat", "item", "label", "user", "ts", "feats", "cold", "seq")
+
+
 @dataclass(slots=True)
 class Examples:
     """Training pairs as arrays: the user's raw state at the event, the item, the label."""
@@ -87,9 +91,15 @@ class Examples:
     ts: np.ndarray  # (n,) int64 event time (ms)
     feats: np.ndarray  # (n, F) float32 stream.core.candidates per-pair features
     cold: np.ndarray  # (n,) bool: simulated cold item (network sees it as unknown)
+    seq: np.ndarray  # (n,) int32: the pair's event, a row of seq_items / seq_types (-1: none)
+    # the user's recent events before each replayed event, as the sequence model reads them
+    # (right-aligned model item / event-type indices, -1 padding); (E, L), empty: not kept
+    seq_items: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    seq_types: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
 
     def take(self, mask: np.ndarray) -> Examples:
-        return Examples(*(getattr(self, f)[mask] for f in Examples.__slots__))
+        pairs = (getattr(self, f)[mask] for f in PER_PAIR)
+        return Examples(*pairs, self.seq_items, self.seq_types)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -121,6 +131,7 @@ class RankGroup:
     feats: np.ndarray | None = None  # (M, F)
     ids: list[str] = field(default_factory=list)
     purchased: np.ndarray | None = None  # (M,) bool
+    seq: int = -1  # the event's row of the replay's seq_items / seq_types (-1: not kept)
 
 
 class Retriever:
@@ -207,6 +218,7 @@ def replay(
     trending_items: int = 200,
     groups: list[RankGroup] | None = None,
     validate_after: int | None = None,
+    event_types: Sequence[str] | None = None,
 ) -> tuple[Examples, int]:
     """Replay all events in event-time order through both aggregations; emit training pairs.
 
@@ -223,6 +235,10 @@ def replay(
     With ``groups``, every target-like event after ``validate_after`` (not a repeat browse)
     of a user seen before also records the full union for the ranking validation.
 
+    With ``event_types`` (the sequence model's type index), each event also records the
+    user's recent events before it (``state.sequence``, in the model's item index) for the
+    sequence feature of the fused network.
+
     Returns the examples and how many positives' items the model does not know.
     """
     art = stage.artifacts
@@ -231,6 +247,8 @@ def replay(
     trend_cfg = TrendConfig(interest.half_life_short_ms, interest.half_life_long_ms, trending_items)
     sampler = NegativeSampler(stage.interactions.item_counts, cfg.neg_popular, cfg.neg_uniform)
     rows = Rows(art, index, cfg.cold_fraction)
+    kinds = {t: n for n, t in enumerate(event_types)} if event_types is not None else None
+    length = interest.sequence_length
     retrieval = Retriever(art, cfg.retrieval_k)
     states: dict[str, UserState] = {}
     users: dict[str, int] = {}
@@ -267,7 +285,12 @@ def replay(
             pool = [c.item_id for c in cands if c.item_id != ev.item_id]
             if pool and cfg.neg_candidates > 0:
                 negs += [pool[i] for i in rng.integers(0, len(pool), cfg.neg_candidates).tolist()]
-            rows.add(state, cols, trends, gtop, ev, [ev.item_id, *negs], users[ev.user_id], rng)
+            seq = -1
+            if kinds is not None and length > 0:
+                seq = rows.add_sequence(*sequence_columns([state.sequence], index, kinds, length))
+            rows.add(
+                state, cols, trends, gtop, ev, [ev.item_id, *negs], users[ev.user_id], rng, seq
+            )
             history = seen.setdefault(ev.user_id, set())
             if (
                 groups is not None
@@ -278,7 +301,7 @@ def replay(
             ):
                 ids = [c.item_id for c in cands]
                 at = ids.index(ev.item_id) if ev.item_id in ids else -1
-                group = RankGroup(at)
+                group = RankGroup(at, seq=seq)
                 if at >= 0:
                     parts = components(state, cands, trends, gtop, ev.ts, cols=cols)
                     group.purchased = parts.purchased.copy()
@@ -316,9 +339,15 @@ class Rows:
     def __init__(self, art: ModelArtifacts, index: dict[str, int], cold: float = 0.0) -> None:
         self.art, self.index, self.cold = art, index, cold
         self.cat_of = dict(zip(art.item_ids, art.item_categories, strict=True))
-        self.cols: dict[str, list[Any]] = {
-            k: [] for k in ("short", "long", "cat", "item", "label", "user", "ts", "feats", "cold")
-        }
+        self.cols: dict[str, list[Any]] = {k: [] for k in PER_PAIR}
+        self.seq_items: list[np.ndarray] = []
+        self.seq_types: list[np.ndarray] = []
+
+    def add_sequence(self, items: np.ndarray, types: np.ndarray) -> int:
+        """Keep one event's (1, L) sequence rows; returns their row."""
+        self.seq_items.append(items[0])
+        self.seq_types.append(types[0])
+        return len(self.seq_items) - 1
 
     def vectors(self, state: UserState, ev: Event) -> tuple[np.ndarray, np.ndarray]:
         """The user's raw short and long vectors at the event's time (zeros when none)."""
@@ -337,6 +366,7 @@ class Rows:
         items: list[str],
         uid: int,
         rng: np.random.Generator,
+        seq: int = -1,
     ) -> None:
         s, lv = self.vectors(state, ev)
         cands = [Candidate(i, self._category(i, ev), "") for i in items]
@@ -354,6 +384,7 @@ class Rows:
             c["ts"].append(ev.ts)
             c["feats"].append(feats[n])
             c["cold"].append(bool(cold[n]))
+            c["seq"].append(seq)
 
     def _category(self, item: str, ev: Event) -> str | None:
         """The catalog's category (as serving knows it), the event's for the event's item."""
@@ -374,7 +405,14 @@ class Rows:
             ts=np.asarray(c["ts"], np.int64),
             feats=np.asarray(c["feats"], np.float32).reshape(-1, N_FEATURES),
             cold=np.asarray(c["cold"], bool),
+            seq=np.asarray(c["seq"], np.int32),
+            seq_items=_stack(self.seq_items),
+            seq_types=_stack(self.seq_types),
         )
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    return np.stack(rows).astype(np.int32) if rows else np.zeros((0, 0), np.int32)
 
 
 class NegativeSampler:

@@ -12,6 +12,13 @@ Evaluation is time-based: embeddings and network are fitted on the events up to 
 of event time (default 0.8) and measured on the later events. The exported model is then,
 by default, refitted on all events with the same settings so the newest items are
 recommendable (``refit_full``).
+
+Beside them (``TrainConfig.sequence``, built from the INTEREST_SEQUENCE_* settings by
+``interest train``) a causal self-attention model over each user's recent events
+(models.training.sequence) is fitted on the same split, its item table initialised from the
+MF embeddings, validated by HR@k / NDCG@k over the whole catalog on the same target events
+as the ranking guard, refitted with the final catalog, and exported in the same version
+(signatures ``next_items`` / ``next_scores``).
 """
 
 from __future__ import annotations
@@ -28,10 +35,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.data import load_events
-from models.serving.model_dir import Catalog, EmbeddingTable, ModelView
+from models.serving.model_dir import (
+    RANKING_BLEND,
+    RANKING_FUSED,
+    RANKING_NETWORK,
+    SEQUENCE_KEY,
+    Catalog,
+    EmbeddingTable,
+    ModelView,
+    SequenceInfo,
+)
 from models.serving.static import StaticScorer
 from models.training.embeddings import MFConfig, build_interactions, category_index, factorize
 from models.training.export import data_fingerprint, export_version
+from models.training.fusion import fused_input, group_probabilities, pair_probabilities
 from models.training.module import ModelArtifacts, build_module
 from models.training.ranker import (
     DenseStack,
@@ -50,6 +67,13 @@ from models.training.replay import (
     network_input,
     rank_in,
     replay,
+)
+from models.training.sequence import (
+    SequenceConfig,
+    SequenceWeights,
+    build_histories,
+    fit_sequence,
+    sequence_validation,
 )
 from stream.config import Settings, interest_config
 from stream.core.errors import DataFormatError
@@ -81,6 +105,24 @@ class TrainConfig:
     num_candidates: int = 50
     refit_full: bool = True
     folds: int = 0
+    # the causal self-attention sequence model (models.training.sequence); None: none.
+    # `interest train` and train() without a config build it from the settings
+    # (sequence_config); INTEREST_SEQUENCE_LENGTH=0 switches it off
+    sequence: SequenceConfig | None = None
+
+
+def sequence_config(settings: Settings, **overrides: Any) -> SequenceConfig | None:
+    """The sequence model's configuration from the settings (None when sequence_length is 0)."""
+    length = int(getattr(settings, "sequence_length", 0) or 0)
+    if length <= 0:
+        return None
+    return SequenceConfig(
+        length=length,
+        dim=int(getattr(settings, "sequence_dim", 32)),
+        blocks=int(getattr(settings, "sequence_blocks", 2)),
+        heads=int(getattr(settings, "sequence_heads", 2)),
+        **overrides,
+    )
 
 
 @dataclass(slots=True)
@@ -120,6 +162,12 @@ class TrainedModel:
             vectors=EmbeddingTable(version, art.item_ids, art.embeddings),
             catalog_map=cat.as_mapping(),
             network_ranking=bool(self.metrics.get("ranking", {}).get("use_network", True)),
+            sequence=(
+                SequenceInfo.from_metadata({SEQUENCE_KEY: art.sequence.info()})
+                if art.sequence is not None
+                else None
+            ),
+            fused=art.fused is not None and art.sequence is not None,
         )
         module = self.module()
 
@@ -127,7 +175,10 @@ class TrainedModel:
             fn = module.score if "feats" in inputs else module.recommend
             return {k: v.numpy() for k, v in fn(**inputs).items()}
 
-        return StaticScorer(view, run)
+        def run_next(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+            return {k: v.numpy() for k, v in module.next_items(**inputs).items()}
+
+        return StaticScorer(view, run, run_next if art.sequence is not None else None)
 
     def export(
         self,
@@ -161,7 +212,9 @@ def train(
     """Fit, validate on the later events, optionally cross-validate, refit on everything."""
     if settings is None:
         settings = Settings()
-    cfg = config or TrainConfig(mf=MFConfig(dim=settings.embedding_dim))
+    cfg = config or TrainConfig(
+        mf=MFConfig(dim=settings.embedding_dim), sequence=sequence_config(settings)
+    )
     if epochs is not None:
         cfg = _with_epochs(cfg, epochs)
     if not events:
@@ -176,6 +229,7 @@ def train(
 
     emb = _fit_embeddings(train_ev, cfg, settings, seed, steps, "embeddings (train split)")
     serving = _serving_options(settings)
+    kinds = list(settings.event_weights) if cfg.sequence is not None else None
     groups: list[RankGroup] = []
     examples, unknown = replay(
         evs,
@@ -187,6 +241,7 @@ def train(
         "replay (all events)",
         groups=groups,
         validate_after=cut,
+        event_types=kinds,
         **serving,
     )
     is_val = examples.ts > cut
@@ -198,11 +253,23 @@ def train(
 
     p_tr, p_va = res.network.predict(x_tr), res.network.predict(x_va)
     threshold = best_f1_threshold(tr.label, p_tr)
+    seq_metrics: dict[str, Any] = {}
+    fused: Fused | None = None
+    if cfg.sequence is not None:
+        emb.artifacts.sequence, seq_metrics = _fit_sequence(
+            evs, emb, cfg, settings, steps, "sequence model (train split)", cut=cut
+        )
+        fused = _fit_fused(examples, is_val, x_tr, x_va, emb.artifacts, groups, cfg, seed, steps)
+        seq_metrics["fused_validation"] = binary_metrics(
+            va.label, fused.network.predict(fused.x_va), best_f1_threshold(tr.label, fused.p_tr)
+        )
     metrics: dict[str, Any] = {
         "validation": binary_metrics(va.label, p_va, threshold),
         "train": binary_metrics(tr.label, p_tr, threshold),
         "validation_popularity_auc": _pop_auc(va, emb.artifacts),
-        "ranking": ranking_validation(groups, res.network, emb.artifacts, cfg.ranking_k, serving),
+        "ranking": ranking_validation(
+            groups, res.network, emb.artifacts, cfg.ranking_k, serving, fused=fused
+        ),
         "threshold_rule": "maximises F1 on the training split, applied unchanged to validation",
         "split": {
             "quantile": cfg.split_quantile,
@@ -227,20 +294,33 @@ def train(
     }
     if cfg.folds and cfg.folds > 1:
         metrics["cv"] = _cross_validate(tr, va, x_tr, x_va, cfg, seed, steps)
+    if cfg.sequence is not None:
+        metrics["sequence"] = seq_metrics
+    use_fused = fused is not None and metrics["ranking"]["mode"] == RANKING_FUSED
+    if use_fused and fused is not None:
+        emb.artifacts.fused = fused.network
 
     final = emb.artifacts
     if cfg.refit_full and len(train_ev) < len(evs):
         full = _fit_embeddings(evs, cfg, settings, seed, steps, "embeddings (all events)")
-        ex_all, _ = replay(evs, full, cfg, interest, rng, steps, "replay (refit)", **serving)
+        ex_all, _ = replay(
+            evs, full, cfg, interest, rng, steps, "replay (refit)", event_types=kinds, **serving
+        )
+        x_all = features(ex_all, full.artifacts)
         with steps.task("network (all events)", cfg.ranker.epochs) as adv:
-            res_all = fit(
-                features(ex_all, full.artifacts),
-                ex_all.label,
-                cfg.ranker,
-                seed=seed,
-                on_epoch=lambda e, logs: adv(),
-            )
+            res_all = fit(x_all, ex_all.label, cfg.ranker, seed=seed, on_epoch=lambda *_: adv())
         full.artifacts.network = res_all.network
+        if cfg.sequence is not None:
+            full.artifacts.sequence, refit = _fit_sequence(
+                evs, full, cfg, settings, steps, "sequence model (all events)"
+            )
+            metrics["sequence"]["refit"] = refit
+            if use_fused:
+                x_fused = _with_sequence_feature(ex_all, x_all, full.artifacts)
+                with steps.task("fused network (all events)", cfg.ranker.epochs) as adv:
+                    full.artifacts.fused = fit(
+                        x_fused, ex_all.label, cfg.ranker, seed=seed, on_epoch=lambda *_: adv()
+                    ).network
         final = full.artifacts
         metrics["refit_full"] = {"events": len(evs), "items": len(final.item_ids)}
     metrics["items"] = len(final.item_ids)
@@ -279,6 +359,55 @@ def _fit_embeddings(
     return Stage(data, art, mf.losses, {})
 
 
+def _fit_sequence(
+    events: Sequence[Event],
+    stage: Stage,
+    cfg: TrainConfig,
+    settings: Settings,
+    steps: Steps,
+    label: str,
+    *,
+    cut: int | None = None,
+) -> tuple[SequenceWeights, dict[str, Any]]:
+    """The sequence model over the stage's catalog, item table initialised from its MF
+    embeddings: fitted on the events at or before ``cut`` and validated on the later ones
+    (all events and no validation when ``cut`` is None)."""
+    seq = cfg.sequence
+    assert seq is not None
+    started = time.perf_counter()
+    event_types = list(settings.event_weights)
+    _, histories, targets = build_histories(events, stage.interactions.item_index, event_types)
+    with steps.task(label, seq.epochs) as adv:
+        weights, history = fit_sequence(
+            histories,
+            len(stage.artifacts.item_ids),
+            event_types,
+            seq,
+            stage.artifacts.embeddings,
+            cut=cut,
+            targets=targets,
+            on_epoch=lambda e, loss: adv(),
+        )
+    losses = history["loss"]
+    out: dict[str, Any] = {
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "epochs": seq.epochs,
+        "windows": history["windows"],
+        "positions": history["positions"],
+        "loss": seq.loss,
+        "shape": {"length": seq.length, "dim": seq.dim, "blocks": seq.blocks, "heads": seq.heads},
+        "items": len(stage.artifacts.item_ids),
+        "fit_seconds": history["seconds"],
+    }
+    if cut is not None:
+        out["validation"] = sequence_validation(
+            weights, histories, cut, k=cfg.ranking_k, targets=targets
+        )
+    out["seconds"] = round(time.perf_counter() - started, 2)
+    return weights, out
+
+
 def _serving_options(settings: Settings) -> dict[str, Any]:
     """How the stream builds and ranks the union (the replay builds it the same way)."""
     return {
@@ -294,18 +423,23 @@ def ranking_validation(
     art: ModelArtifacts,
     k: int,
     serving: dict[str, Any],
+    *,
+    fused: Fused | None = None,
 ) -> dict[str, Any]:
-    """HR@k and NDCG@k of the network and of the blend on the validation window: the guard.
+    """HR@k and NDCG@k of the network, the fused network (with a sequence model) and the
+    blend on the validation window: the guard.
 
     Every target-like validation event of a known user is one list: the union serving would
-    build at that moment (with this model's retrieval), ranked once by the network and once
-    by the transparent blend; an item outside the union is a miss for both. ``use_network``
-    (the network is exported as the ranker) only when it beats the blend: higher HR@k, or
-    equal HR@k and higher NDCG@k.
+    build at that moment (with this model's retrieval), ranked by each; an item outside the
+    union is a miss for all. ``mode``: what ranks the union once exported, the best by HR@k
+    then NDCG@k, a tie going to the simpler (blend, then network, then fused);
+    ``use_network``: the mode is not the blend.
     """
     net_ranks: list[int] = []
+    fused_ranks: list[int] = []
     blend_ranks: list[int] = []
     inside = [g for g in groups if g.pos >= 0]
+    fused_p = fused.group_p if fused is not None else []
     for start in range(0, len(inside), 256):
         chunk = inside[start : start + 256]
         sizes = [len(g.ids) for g in chunk]
@@ -317,17 +451,27 @@ def ranking_validation(
             np.concatenate([g.feats for g in chunk]),
             art,
         )
+        bounds = np.cumsum(sizes)[:-1]
         p = network.predict(x)
-        for g, part in zip(chunk, np.split(p, np.cumsum(sizes)[:-1]), strict=True):
+        for g, part in zip(chunk, np.split(p, bounds), strict=True):
             net_ranks.append(rank_in(part, g, serving["policy"]))
             blend_ranks.append(g.blend_rank)
+        if fused is not None:
+            n_items = fused.n_items
+            seq = np.concatenate(fused_p[start : start + 256])
+            pf = fused.network.predict(fused_input(x, seq, n_items))
+            for g, part in zip(chunk, np.split(pf, bounds), strict=True):
+                fused_ranks.append(rank_in(part, g, serving["policy"]))
     out: dict[str, Any] = {
         "lists": len(groups),
         "item_in_union": len(inside),
         "k": k,
         "candidate_limit": serving["limit"],
     }
-    for name, ranks in (("network", net_ranks), ("blend", blend_ranks)):
+    ranked = [("network", net_ranks), ("blend", blend_ranks)]
+    if fused is not None:
+        ranked.append((RANKING_FUSED, fused_ranks))
+    for name, ranks in ranked:
         r = np.asarray(ranks, np.int64)
         hit = r < k
         n = max(len(groups), 1)
@@ -335,14 +479,63 @@ def ranking_validation(
             f"hr@{k}": float(hit.sum() / n),
             f"ndcg@{k}": float(np.sum(1.0 / np.log2(r[hit] + 2.0)) / n),
         }
-    net = (out["network"][f"hr@{k}"], out["network"][f"ndcg@{k}"])
-    bl = (out["blend"][f"hr@{k}"], out["blend"][f"ndcg@{k}"])
-    out["use_network"] = bool(len(groups) > 0 and net > bl)
+    mode = RANKING_BLEND
+    best = (out["blend"][f"hr@{k}"], out["blend"][f"ndcg@{k}"])
+    for name in (RANKING_NETWORK, RANKING_FUSED):
+        if name in out and len(groups) > 0:
+            score = (out[name][f"hr@{k}"], out[name][f"ndcg@{k}"])
+            if score > best:
+                mode, best = name, score
+    out["mode"] = mode
+    out["use_network"] = mode != RANKING_BLEND
     out["rule"] = (
-        f"the network ranks the union only if it beat the blend on the validation window "
-        f"(HR@{k}, then NDCG@{k}); otherwise metadata.json ranking = blend"
+        f"the best of blend, network and fused network (with a sequence model) on the "
+        f"validation window by HR@{k}, then NDCG@{k}, ties to the simpler, ranks the union "
+        f"(metadata.json ranking)"
     )
     return out
+
+
+@dataclass(slots=True)
+class Fused:
+    """The fused network fitted on the train split, with what the guard needs of it."""
+
+    network: DenseStack
+    n_items: int  # the sequence model's catalog (the feature's unit)
+    x_va: np.ndarray  # its validation input
+    p_tr: np.ndarray  # its predictions on the train split (the F1 threshold)
+    group_p: list[np.ndarray]  # per validation list in the union, p(candidate | sequence)
+
+
+def _with_sequence_feature(ex: Examples, x: np.ndarray, art: ModelArtifacts) -> np.ndarray:
+    """``x`` with the sequence model's feature of each pair (0 for a cold or unknown item)."""
+    assert art.sequence is not None
+    items = np.where(ex.cold, -1, ex.item)
+    p = pair_probabilities(art.sequence, ex.seq_items, ex.seq_types, ex.seq, items)
+    return fused_input(x, p, art.sequence.n_items)
+
+
+def _fit_fused(
+    examples: Examples,
+    is_val: np.ndarray,
+    x_tr: np.ndarray,
+    x_va: np.ndarray,
+    art: ModelArtifacts,
+    groups: Sequence[RankGroup],
+    cfg: TrainConfig,
+    seed: int,
+    steps: Steps,
+) -> Fused:
+    """The fused network on the train split (the sequence model's score as one more input)."""
+    assert art.sequence is not None
+    tr, va = examples.take(~is_val), examples.take(is_val)
+    xf_tr = _with_sequence_feature(tr, x_tr, art)
+    xf_va = _with_sequence_feature(va, x_va, art)
+    with steps.task("fused network (train split)", cfg.ranker.epochs) as adv:
+        res = fit(xf_tr, tr.label, cfg.ranker, seed=seed, on_epoch=lambda e, logs: adv())
+    inside = [g for g in groups if g.pos >= 0]
+    group_p = group_probabilities(art.sequence, examples.seq_items, examples.seq_types, inside)
+    return Fused(res.network, art.sequence.n_items, xf_va, res.network.predict(xf_tr), group_p)
 
 
 def _pop_auc(ex: Examples, art: ModelArtifacts) -> float:
@@ -417,7 +610,9 @@ def train_command(
         f"read {len(evs):,} events from {len(events)} file(s)"
         + (f"; rejected {sum(rejected.values()):,} {rejected}" if rejected else "")
     )
-    cfg = TrainConfig(mf=MFConfig(dim=settings.embedding_dim), folds=folds)
+    cfg = TrainConfig(
+        mf=MFConfig(dim=settings.embedding_dim), folds=folds, sequence=sequence_config(settings)
+    )
     columns = (
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -453,6 +648,34 @@ def summary_table(metrics: dict[str, Any], path: Path) -> Any:
             f"{cv['auc']['mean']:.4f} ± {cv['auc']['std']:.4f}",
             "",
         )
+    ranking = metrics.get("ranking") or {}
+    k = ranking.get("k", 20)
+    for name, label in (
+        (RANKING_NETWORK, "network"),
+        (RANKING_FUSED, "fused network"),
+        (RANKING_BLEND, "blend"),
+    ):
+        if isinstance(ranking.get(name), dict):
+            got = ranking[name]
+            t.add_row(
+                f"{label} HR@{k} / NDCG@{k} (union)",
+                f"{got.get(f'hr@{k}', 0.0):.4f} / {got.get(f'ndcg@{k}', 0.0):.4f}",
+                "",
+            )
+    if "mode" in ranking:
+        t.add_row("ranks the union (the guard)", str(ranking["mode"]), "")
+    seq_val = (metrics.get("sequence") or {}).get("validation")
+    if seq_val:
+        sk = seq_val.get("k", 20)
+        t.add_row(f"sequence HR@{sk}", f"{seq_val[f'hr@{sk}']:.4f}", "")
+        t.add_row(f"sequence NDCG@{sk}", f"{seq_val[f'ndcg@{sk}']:.4f}", "")
+        pop = seq_val.get("popularity") or {}
+        if pop:
+            t.add_row(
+                f"popularity HR@{sk} / NDCG@{sk} (catalog)",
+                f"{pop[f'hr@{sk}']:.4f} / {pop[f'ndcg@{sk}']:.4f}",
+                "",
+            )
     t.add_row("validation pairs", f"{val['examples']:,} ({val['positives']:,} pos)", "")
     t.add_row("items / categories", f"{metrics['items']:,} / {metrics['categories']:,}", "")
     t.add_row("seconds", f"{metrics['seconds']}", "")

@@ -3,13 +3,15 @@
 No single source wins everywhere (the user's own items on one shop, trending items in the
 user's categories on another, model retrieval on a third), and retrieval alone cannot reach
 items first seen after training.  So each user's candidates are the union of four sources,
-each tagged with the reason it was proposed:
+each tagged with the reason it was proposed (sources in the order they fill the union):
 
 * ``your_interest``: the user's strongest items (decayed item strengths in the state);
 * ``trending_in_category``: trending items in the user's strongest categories, a quota per
   category in proportion to the user's strength in it;
 * ``similar_to_your_interests``: the model's retrieval results (when a model is loaded);
-* ``popular``: global trending, the last fallback for users with almost no history.
+* ``popular``: global trending, the last fallback for users with almost no history;
+* ``next_in_sequence``: the sequence model's likeliest next items given the user's recent
+  events in order (when the loaded model has one).
 
 Without a model the union is ranked by a transparent blend of normalised strengths
 (stream.core.features); with one, the interest-strength network scores every candidate.
@@ -43,6 +45,7 @@ from stream.core.features import (
 )
 from stream.core.interest import UserState, category_strengths, interest_vector
 from stream.core.messages import INTERESTS_PER_HORIZON
+from stream.core.sequence import RecentEvents
 from stream.core.trending import TrendEntry
 from stream.core.types import (
     Candidate,
@@ -51,6 +54,7 @@ from stream.core.types import (
     RecommendReason,
     ScoreBatch,
     Scorer,
+    SequenceBatch,
 )
 from stream.core.vocab import ITEM_BITS, TRENDS, VOCABULARY, Vocabulary, two_horizon_rank
 
@@ -60,7 +64,8 @@ OWN_SHARE, TREND_SHARE = 0.4, 0.4  # of the candidate limit; retrieval gets the 
 TREND_CATEGORIES = 5  # the user's strongest categories trending items are drawn from
 MIN_CANDIDATES = 20  # global trending fills a thin union up to this many
 REASONS = tuple(RecommendReason)  # reason codes of Union.reason, in source order
-OWN, TRENDING, SIMILAR, POPULAR = range(4)
+OWN, TRENDING, SIMILAR, POPULAR, SEQUENCE = range(5)
+SEQUENCE_CANDIDATES = 20  # the sequence model's next items proposed per user
 
 
 @dataclass(slots=True)
@@ -86,17 +91,19 @@ def generate_batch(
     trending: Mapping[str, TrendEntry],
     global_top: Sequence[tuple[str, str | None, float]],
     retrieved: Sequence[Sequence[Recommended]] | None = None,
+    sequenced: Sequence[Sequence[Recommended]] | None = None,
     policy: str = "demote",
     limit: int = 200,
     vocab: Vocabulary = VOCABULARY,
 ) -> Union:
-    """The union of the four sources per user, at most ``limit``, each item once (first
-    reason wins).
+    """The union of the sources per user, at most ``limit``, each item once (first reason
+    wins).
 
     Budgets: the user's items up to 40% of ``limit``, trending up to 40% split across the
-    user's strongest categories in proportion to their strength, retrieval the rest; global
-    trending only fills a union smaller than MIN_CANDIDATES (a thin history).  Policy
-    ``exclude`` keeps purchased items out of every source.
+    user's strongest categories in proportion to their strength, then the sequence model's
+    next items (``sequenced``, at most SEQUENCE_CANDIDATES per user, not already proposed),
+    retrieval the rest; global trending only fills a union smaller than MIN_CANDIDATES (a
+    thin history).  Policy ``exclude`` keeps purchased items out of every source.
     """
     if policy not in POLICIES:
         raise ValueError(f"purchased policy {policy!r} (allowed: {', '.join(POLICIES)})")
@@ -108,8 +115,13 @@ def generate_batch(
     trend = _trending(cols, trending, room, np.minimum(limit, sizes + room) - sizes, vocab)
     parts.append(trend)
     sizes = sizes + np.bincount(trend.user, minlength=cols.size)
+    if sequenced is not None:
+        budget = np.minimum(limit - sizes, SEQUENCE_CANDIDATES)
+        seq = _listed(cols, parts, _recommended(sequenced, SEQUENCE, vocab), budget, exclude)
+        parts.append(seq)
+        sizes = sizes + np.bincount(seq.user, minlength=cols.size)
     if retrieved is not None:
-        sim = _listed(cols, parts, _retrieved(retrieved, vocab), limit - sizes, exclude)
+        sim = _listed(cols, parts, _recommended(retrieved, SIMILAR, vocab), limit - sizes, exclude)
         parts.append(sim)
         sizes = sizes + np.bincount(sim.user, minlength=cols.size)
     fill = min(limit, MIN_CANDIDATES)
@@ -276,14 +288,15 @@ def _take(
     return (user[pair][take], items[take], cat[pair][take]), got
 
 
-def _retrieved(retrieved: Sequence[Sequence[Recommended]], vocab: Vocabulary) -> Union:
-    user = np.repeat(np.arange(len(retrieved)), [len(r) for r in retrieved])
-    recs = [r for rs in retrieved for r in rs]
+def _recommended(lists: Sequence[Sequence[Recommended]], reason: int, vocab: Vocabulary) -> Union:
+    """A model's lists per user (retrieval, the sequence model) as union rows."""
+    user = np.repeat(np.arange(len(lists)), [len(r) for r in lists])
+    recs = [r for rs in lists for r in rs]
     item = np.asarray(vocab.items.of([r.item_id for r in recs]), np.int64)
     cats = vocab.categories.of([r.category for r in recs if r.category is not None])
     it = iter(cats)
     cat = np.asarray([next(it) if r.category is not None else -1 for r in recs], np.int64)
-    return _rows_union(user.astype(np.int64), item, cat, SIMILAR)
+    return _rows_union(user.astype(np.int64), item, cat, reason)
 
 
 def _popular(
@@ -426,12 +439,14 @@ def rank_batch(
     limit: int = 200,
     retrieved: Sequence[Sequence[Recommended]] | None = None,
     retrieval_k: int = 50,
+    sequenced: Sequence[Sequence[Recommended]] | None = None,
     vocab: Vocabulary = VOCABULARY,
 ) -> Ranked:
     """States -> final ranked recommendations, as columns (the worker and evaluation).
 
-    With a loaded model: retrieval (unless ``retrieved`` is given), the candidate union, and
-    the network's scores for every candidate; a user whose scores do not come back (model
+    With a loaded model: retrieval (unless ``retrieved`` is given) and the sequence model's
+    next items (unless ``sequenced`` is given; one call each per batch), the candidate
+    union, and the network's scores for every candidate; a user whose scores do not come back (model
     swapped out mid-call) falls back to the blend.  Without one: the blend.  ScorerError
     propagates so the caller can retry.
 
@@ -452,12 +467,19 @@ def rank_batch(
     )
     if retrieved is None and request is not None and scorer is not None:
         retrieved = scorer.recommend(request)
+    if sequenced is None and use_model and scorer is not None:
+        sequenced = scorer.next_in_sequence(
+            SequenceBatch(
+                [s.user_id for s in states], [s.sequence for s in states], SEQUENCE_CANDIDATES
+            )
+        )
     cols = gather(states, vocab=vocab)
     union = generate_batch(
         cols,
         trending=trending,
         global_top=global_top,
         retrieved=retrieved,
+        sequenced=sequenced,
         policy=policy,
         limit=limit,
         vocab=vocab,
@@ -465,7 +487,8 @@ def rank_batch(
     parts = components_of(cols, union.user, union.item, union.cat, trending, global_top, vocab)
     scores = blend_scores(parts)
     if request is not None and scorer is not None and network_ranking(scorer):
-        scores = _network_scores(scorer, request, union, parts, scores, vocab)
+        sequences = [s.sequence for s in states]
+        scores = _network_scores(scorer, request, union, parts, scores, vocab, sequences)
     ranked = top_k(union, apply_policy(scores, parts.purchased, policy), k, vocab)
     ranked.interests = interests_of(cols, vocab)
     return ranked
@@ -502,6 +525,7 @@ def _network_scores(
     parts: Components,
     blend: np.ndarray,
     vocab: Vocabulary,
+    sequences: Sequence[RecentEvents],
 ) -> np.ndarray:
     """The network's scores of every candidate; a user it returns none for keeps the blend."""
     feats = features_from(parts)
@@ -515,6 +539,7 @@ def _network_scores(
             for b in range(len(request.user_ids))
         ],
         features=[feats[union.rows(b)] for b in range(len(request.user_ids))],
+        sequences=sequences,
     )
     got = scorer.score_candidates(batch)
     scores = blend.copy()

@@ -12,15 +12,18 @@ import sys
 from array import array
 from collections.abc import Iterable
 from itertools import accumulate, chain
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
 from stream.core.decay import Sums
 from stream.core.errors import InterestStreamError, StateFormatError, TrendFormatError
 from stream.core.interest import ItemSums, UserState
+from stream.core.sequence import RecentEvents
 from stream.core.trending import CategoryTrend
 
-FORMAT_VERSION = 2  # user states (format 1 is still read)
+FORMAT_VERSION = 3  # user states (formats 1 and 2 are still read)
 TREND_FORMAT = 2  # category trends (format 1 is still read)
 
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -138,25 +141,34 @@ _HEADER = struct.Struct("<BBqqqqqHHIIIH")
 _HEADER_V1 = struct.Struct("<BBqqqqqHHIIIIH")
 _DIGEST_V1 = 6  # bytes per id digest of format 1 (skipped: ids are remembered apart now)
 _F_TREF, _F_KTS, _F_VEC, _F_MODEL = 1, 2, 4, 8
+_F_SEQ = 16  # format 3: a sequence section follows the vectors
+_SEQ_HEAD = struct.Struct("<HH")  # the sequence's events, its item names not kept in items
+_SEQ_MAX = 0xFFFF
 
 
 def encode(state: UserState) -> bytes:
     """Compact binary state: format byte first, then a fixed header and packed sections.
 
-    Layout (little-endian), format 2: header (scalars and section counts); one string
+    Layout (little-endian), format 3: header (scalars and section counts); one string
     table (user_id, model_version, type names, category keys, item keys, the items'
     category names: a width byte, the byte lengths, the UTF-8 bytes); type counts;
     partition offsets (int64 pairs); category then item [short, long] float32 pairs
     (non-zero bitmap + values); each item's category code (0 = none, else 1-based into the
-    items' category names); purchased bitset; vectors (2 x dim float32). Every section is
-    written from the state's columns as they are.
+    items' category names); purchased bitset; vectors (2 x dim float32); then, only when
+    the sequence is not empty (flag ``_F_SEQ``), the sequence (see :func:`_sequence_bytes`).
+    Every section is written from the state's columns as they are. A state with an empty
+    sequence is the format 2 bytes with the format byte 3.
+
+    Raises ValueError for a sequence no fold makes: an event after t_ref (or no t_ref), a
+    type missing from type_counts, more than 65535 events.
     """
-    cats, items, vectors = state.categories, state.items, state.vectors
+    cats, items, vectors, seq = state.categories, state.items, state.vectors, state.sequence
     flags = (
         (_F_TREF if state.t_ref is not None else 0)
         | (_F_KTS if state.last_event_kafka_ts is not None else 0)
         | (_F_VEC if vectors is not None else 0)
         | (_F_MODEL if state.model_version is not None else 0)
+        | (_F_SEQ if seq.ts else 0)
     )
     raw = [
         state.user_id.encode(),
@@ -192,7 +204,78 @@ def encode(state: UserState) -> bytes:
     ]
     if vectors is not None:
         out.append(_f4_bytes(vectors))
+    if seq.ts:
+        out.append(_sequence_bytes(state))
     return b"".join(out)
+
+
+def _sequence_bytes(state: UserState) -> bytes:
+    """The sequence section: its counts (events, extra item names: uint16 each); the
+    extra names' string table (only when there are some); per event its item code, type
+    code and age ``t_ref - ts`` (three lists of unsigned ints, each behind its width byte).
+
+    Nothing is repeated that the state already writes: an item code below ``len(items)``
+    is the row of a kept item key, the codes above index the extra names (items of recent
+    events that the bound on items dropped, each written once); a type code indexes the
+    type names of ``type_counts`` (every applied type is counted there); the ages of the
+    last 50 events fit two bytes for a user active within the last minute, four within 49
+    days. Each column is one C-level lookup (:func:`_pick`) over the 50 events."""
+    seq, items, t_ref = state.sequence, state.items, state.t_ref
+    n = len(seq.ts)
+    if n > _SEQ_MAX:
+        raise ValueError(f"a sequence of {n} events (at most {_SEQ_MAX} are encoded)")
+    if t_ref is None:
+        raise ValueError("sequence events after the state's t_ref (None)")
+    ages = [t_ref - t for t in seq.ts]
+    index = items.index
+    extra: dict[str, int] = {}
+    try:
+        codes = _pick(index, seq.item)
+    except KeyError:  # items of recent events no longer kept in items
+        base = len(items.keys_)
+        codes = list(map(index.get, seq.item))
+        for k, code in enumerate(codes):
+            if code is None:
+                name = seq.item[k]
+                code = extra.get(name)
+                if code is None:
+                    code = extra[name] = base + len(extra)
+                codes[k] = code
+    try:
+        types = _pick({t: k for k, t in enumerate(state.type_counts)}, seq.type)
+    except KeyError as exc:
+        raise ValueError(f"sequence event type {exc} is not in type_counts") from None
+    out = [_SEQ_HEAD.pack(n, len(extra))]
+    if extra:
+        raw = list(map(str.encode, extra))
+        out.append(_uints_bytes(list(map(len, raw))))
+        out.append(b"".join(raw))
+    out.append(_uints_bytes(codes))
+    out.append(_uints_bytes(types))
+    out.append(_ages_bytes(ages, t_ref))
+    return b"".join(out)
+
+
+def _pick(table: Any, keys: list) -> list:
+    """``[table[k] for k in keys]`` by one ``operator.itemgetter`` call: half the cost of
+    a comprehension or a ``map`` of ``__getitem__`` at 50 keys. Raises what ``table[k]``
+    raises (KeyError, IndexError)."""
+    if len(keys) > 1:
+        return list(itemgetter(*keys)(table))
+    return [table[k] for k in keys]
+
+
+def _ages_bytes(ages: list[int], t_ref: int) -> bytes:
+    """Width byte + the ages (as :func:`_uints_bytes` writes them). The sequence is oldest
+    first, so the first age is the largest and sets the width with no ``max``; a list out of
+    order (a state no fold makes) takes the general path, a negative age is refused."""
+    code = _uint_code(ages[0])
+    try:
+        return code.encode() + _arr(code, ages)
+    except OverflowError:
+        if min(ages) < 0:
+            raise ValueError(f"sequence events after the state's t_ref ({t_ref})") from None
+        return _uints_bytes(ages)
 
 
 # Encoding helpers: each returns its section's bytes exactly as the numpy/array version
@@ -277,8 +360,8 @@ def read_head(data: bytes) -> tuple[int | None, int | None, int]:
 
 
 def decode(data: bytes) -> UserState:
-    """Inverse of :func:`encode`; reads format 1 too; a newer or unknown format raises
-    StateFormatError."""
+    """Inverse of :func:`encode`; reads formats 1 and 2 too (an empty sequence); a newer
+    or unknown format raises StateFormatError."""
     _check_format(data, StateFormatError, "state", FORMAT_VERSION)
     data = bytes(data)
     try:
@@ -327,10 +410,21 @@ def _decode_state(data: bytes, fmt: int) -> UserState:
         end = _need(data, pos, 8 * dim)
         vectors = np.frombuffer(data, "<f4", 2 * dim, pos).reshape(2, dim).astype(np.float32)
         pos = end
+    seq = None
+    if fmt >= 3 and flags & _F_SEQ:
+        seq, pos = _sequence_at(data, pos, t_ref if flags & _F_TREF else None)
     if pos != len(data):
         raise _corrupt(f"{len(data) - pos} trailing bytes")
     item_raw = list(raw[item_at : item_at + n_items])
-    items = ItemSums(list(map(bytes.decode, item_raw)), item_vals, item_raw, bought=bought)
+    item_keys = list(map(bytes.decode, item_raw))
+    items = ItemSums(item_keys, item_vals, item_raw, bought=bought)
+    sequence = RecentEvents()
+    if seq is not None:
+        extra, seq_items, seq_types, ages = seq
+        known = item_keys + list(map(bytes.decode, extra)) if extra else item_keys
+        sequence = RecentEvents(
+            [t_ref - a for a in ages], _pick(known, seq_items), _pick(head_texts[2:], seq_types)
+        )
     if fmt == 1:  # codes index the shared table: keep only the names the items use
         items.cat = [items.category_code(names[c - 1]) if c else 0 for c in codes]
     else:
@@ -348,7 +442,30 @@ def _decode_state(data: bytes, fmt: int) -> UserState:
         offsets=offsets,
         last_event_kafka_ts=kts if flags & _F_KTS else None,
         half_lives=(hs, hl),
+        sequence=sequence,
     )
+
+
+def _sequence_at(
+    data: bytes, pos: int, t_ref: int | None
+) -> tuple[tuple[tuple[bytes, ...], list[int], list[int], list[int]], int]:
+    """The sequence section (see :func:`_sequence_bytes`) as read: the extra item names
+    (bytes), the item codes, the type codes and the ages; resolved by the caller once the
+    keys are decoded (a code out of range is an IndexError there: corrupt). A sequence
+    without a t_ref to age from is corrupt."""
+    if t_ref is None:
+        raise _corrupt("a sequence without a reference time")
+    end = _need(data, pos, _SEQ_HEAD.size)
+    n, n_extra = _SEQ_HEAD.unpack_from(data, pos)
+    if not n:  # an empty sequence is written as no section
+        raise _corrupt("an empty sequence section")
+    extra: tuple[bytes, ...] = ()
+    if n_extra:
+        extra, end = _strings_at(data, end, n_extra)
+    codes, end = _uints_at(data, end, n)
+    types, end = _uints_at(data, end, n)
+    ages, end = _uints_at(data, end, n)
+    return (extra, codes, types, ages), end
 
 
 # Decoding helpers: each reads one section at ``pos`` and returns it with the offset past

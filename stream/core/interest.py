@@ -21,6 +21,10 @@ Floats are float32 at rest: sums are computed in float64 inside a fold and round
 float32 once at its end, so ``decode(encode(s))`` is bit-for-bit equal to ``s`` and a state
 costs half the bytes of float64.  The rounding adds at most ~6e-8 relative error per fold,
 far inside the contract's 1e-4.
+
+Each state also keeps its user's last ``sequence_length`` applied events in event-time order
+(stream.core.sequence): the same events as the sums (after dedup and replays), bounded, and
+as exact: the kept events are the newest of all applied whatever the order they came in.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -43,6 +48,7 @@ from stream.core.decay import (
     strongest_rows,
 )
 from stream.core.dedup import FRESH, SeenIds
+from stream.core.sequence import RecentEvents
 from stream.core.types import Event, EventBatch, ItemVectors
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "FoldResult",
     "InterestConfig",
     "ItemSums",
+    "RecentEvents",
     "Sums",
     "UserState",
     "fold",
@@ -69,6 +76,7 @@ class InterestConfig:
     half_life_long_ms: int = DEFAULT_HALF_LIVES[1]
     max_categories: int = 64
     max_items: int = 100
+    sequence_length: int = 50  # recent events kept per user (stream.core.sequence); 0: none
 
 
 class ItemSums(Sums):
@@ -146,6 +154,8 @@ class UserState:
     loaded.  ``offsets`` (the highest applied offset per source partition) lives here, in the
     same value as what it protects, so a state and its replay record are written together;
     event ids are remembered apart (stream.core.dedup), for a window of event time.
+    ``sequence`` is the last ``sequence_length`` applied events in event-time order
+    (stream.core.sequence), the sequence model's input.
     """
 
     user_id: str
@@ -159,6 +169,7 @@ class UserState:
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest applied offset
     last_event_kafka_ts: int | None = None
     half_lives: tuple[int, int] = DEFAULT_HALF_LIVES  # (short, long) the sums were built with
+    sequence: RecentEvents = field(default_factory=RecentEvents)
 
     @property
     def item_categories(self) -> dict[str, str]:
@@ -186,6 +197,7 @@ class UserState:
             dict(self.offsets),
             self.last_event_kafka_ts,
             self.half_lives,
+            self.sequence.copy(),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -201,7 +213,7 @@ class UserState:
             other.half_lives,
         ):
             return False
-        if not _same_array(self.vectors, other.vectors):
+        if not _same_array(self.vectors, other.vectors) or self.sequence != other.sequence:
             return False
         for a, b in ((self.categories, other.categories), (self.items, other.items)):
             if a.keys_ != b.keys_ or not _same_array(a.vals, b.vals):
@@ -297,7 +309,8 @@ def fold_batch(
     and is skipped. (Event ids re-sent at new offsets are the caller's to filter first:
     stream.core.dedup.) ``kafka_ts[i]`` is its record timestamp (for the latency metric).
     When ``vectors`` is a different model than a state's vectors, the state is first
-    re-based on it; with ``vectors=None`` states keep no vector.
+    re-based on it; with ``vectors=None`` states keep no vector. Every applied event also
+    goes into its user's sequence, bounded by ``config.sequence_length``.
     """
     for state in states:
         _align_model(state, vectors)
@@ -311,6 +324,7 @@ def fold_batch(
         touched = np.flatnonzero(applied)
         _apply(states, batch, users, keep, touched, config, vectors)
         _count(states, batch, users, keep, by_type, kafka_ts)
+        _remember(states, batch, users, keep, touched, applied, config.sequence_length)
         for u in touched.tolist():
             _bound(states[u], config)
     return FoldResult(applied, len(batch) - len(keep), by_type)
@@ -445,6 +459,45 @@ def _count(
             k = kafka_ts[i]
             if state.last_event_kafka_ts is None or k > state.last_event_kafka_ts:
                 state.last_event_kafka_ts = k
+
+
+def _remember(
+    states: Sequence[UserState],
+    batch: EventBatch,
+    users: np.ndarray,
+    keep: np.ndarray,
+    touched: np.ndarray,
+    applied: np.ndarray,
+    length: int,
+) -> None:
+    """Add the applied events to their users' sequences (stream.core.sequence).
+
+    The events are grouped by user with one stable argsort and gathered as (ts, item,
+    type) tuples by one ``itemgetter`` and a ``zip`` (C loops); what is per user is one
+    :meth:`RecentEvents.add` call.
+    A touched user's sequence is trimmed to ``length`` (0: emptied) even if the setting
+    was lowered since it was kept."""
+    tl = touched.tolist()
+    if length <= 0:
+        for u in tl:
+            if states[u].sequence.ts:
+                states[u].sequence.clear()
+        return
+    order = keep if len(tl) == 1 else keep[np.argsort(users[keep], kind="stable")]
+    at = order.tolist()
+    if len(at) > 1:
+        pick = itemgetter(*at)
+        ts = batch.ts[order].tolist()
+        events = list(zip(ts, pick(batch.item_id), pick(batch.type), strict=True))
+    else:
+        events = [(int(batch.ts[at[0]]), batch.item_id[at[0]], batch.type[at[0]])]
+    if len(tl) == 1:
+        states[tl[0]].sequence.add(events, length)
+        return
+    end = 0
+    for u, n in zip(tl, applied[touched].tolist(), strict=True):
+        start, end = end, end + n
+        states[u].sequence.add(events[start:end], length)
 
 
 def _bound(state: UserState, config: InterestConfig) -> None:

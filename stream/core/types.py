@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stream.core.sequence import RecentEvents
 
 
 class RejectReason(StrEnum):
@@ -40,6 +43,7 @@ class RecommendReason(StrEnum):
     trending_in_category = "trending_in_category"  # trending in one of the user's categories
     similar_to_your_interests = "similar_to_your_interests"  # the model's retrieval
     popular = "popular"  # global trending: the fallback for users with little history
+    next_in_sequence = "next_in_sequence"  # the sequence model's next items for the user
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,18 @@ class CandidateBatch:
     categories: list[tuple[dict[str, float], dict[str, float]]]  # per user: (short, long)
     items: list[list[str]]
     features: list[np.ndarray]
+    # per user, the recent events (a fused model scores the sequence with the candidates)
+    sequences: Sequence[RecentEvents] | None = None
+
+
+@dataclass(slots=True)
+class SequenceBatch:
+    """Users and their recent events, for the sequence model's next items (one call per
+    rescoring batch; the scorer maps ids to its own index)."""
+
+    user_ids: list[str]
+    sequences: Sequence[RecentEvents]  # per user, oldest first
+    k: int
 
 
 class ItemVectors(Protocol):
@@ -205,6 +221,11 @@ class Scorer(Protocol):
     def recommend(self, batch: ScoreBatch) -> list[list[Recommended]]: ...
 
     def score_candidates(self, batch: CandidateBatch) -> list[np.ndarray]: ...
+
+    def next_in_sequence(self, batch: SequenceBatch) -> list[list[Recommended]]:
+        """The sequence model's best next items per user (reason ``next_in_sequence``),
+        best first; empty lists when the loaded version has no sequence model."""
+        ...
 
     def refresh(self) -> None:
         """Raise ScorerError when the configured model server cannot be reached.

@@ -1,8 +1,16 @@
-"""A synthetic event stream for the demo and the benchmarks.
+"""A synthetic event stream for the demo, the benchmarks and ``interest evaluate``.
 
 Users have a few favourite categories that drift over time (a session picks one and
 sticks to it for a while), items have Zipf-like popularity within their category, and
 event types follow a browse-heavy funnel, so interest strengths move as on a real shop.
+
+Sequences carry signal too: every item has a *successor* in its category (the categories'
+items in a seeded random cycle, unrelated to popularity), and within a session the event
+after one on an item is on that item's successor with probability CHAIN_AFTER[type of the
+event before]: more likely after engagement (click, favorite, cart, purchase) than after a
+browse, so browse-then-cart-then-buy chains run through the catalogue and a model that
+reads a user's recent events in order can predict the next item where counts cannot.
+Event types are still drawn from FUNNEL independently, so the type shares are unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +30,14 @@ FUNNEL = (
     ("add_to_cart", 0.04),
     ("purchase", 0.02),
 )
+CHAIN_AFTER = {  # P(next event is on the successor | type of the event before), in a session
+    "browse": 0.4,
+    "click": 0.6,
+    "favorite": 0.6,
+    "add_to_cart": 0.7,
+    "purchase": 0.7,
+}
+SESSION_BREAK = 0.08  # P(a new session, maybe a new category) before each event
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,7 @@ class Catalog:
     categories: np.ndarray  # category index per item
     by_category: list[np.ndarray]  # item indices per category
     weights: list[np.ndarray]  # popularity weights within each category (sum 1)
+    successor: np.ndarray  # item index -> the item that tends to follow it (same category)
 
     @classmethod
     def make(cls, rng: np.random.Generator, n_items: int, n_categories: int) -> Catalog:
@@ -40,7 +57,12 @@ class Catalog:
             ranks = np.arange(1, len(members) + 1, dtype=float)
             w = 1.0 / ranks**1.1
             weights.append(w / w.sum() if len(w) else w)
-        return cls([f"i{n}" for n in range(n_items)], categories, by_category, weights)
+        successor = np.arange(n_items)
+        chains = rng.spawn(1)[0]  # a child stream: rng's own draws stay as they were
+        for members in by_category:
+            cycle = chains.permutation(members)
+            successor[cycle] = np.roll(cycle, -1)
+        return cls([f"i{n}" for n in range(n_items)], categories, by_category, weights, successor)
 
 
 def _user_stream(
@@ -52,16 +74,22 @@ def _user_stream(
     mean_gap = max(1, span_ms // max(n, 1))
     session_cat = int(rng.choice(n_cat, p=prefs))
     types, probs = zip(*FUNNEL, strict=True)
+    previous: tuple[int, str] | None = None  # (item, type) of the session's last event
     for _ in range(n):
-        if rng.random() < 0.08:  # a new session, sometimes a new interest (drift)
+        if rng.random() < SESSION_BREAK:  # a new session, sometimes a new interest (drift)
             if rng.random() < 0.3:
                 prefs = 0.7 * prefs + 0.3 * rng.dirichlet(np.full(n_cat, 0.2))
             session_cat = int(rng.choice(n_cat, p=prefs))
+            previous = None
         members = catalog.by_category[session_cat]
         if not len(members):
             continue
-        item = int(rng.choice(members, p=catalog.weights[session_cat]))
+        if previous is not None and rng.random() < CHAIN_AFTER[previous[1]]:
+            item = int(catalog.successor[previous[0]])
+        else:
+            item = int(rng.choice(members, p=catalog.weights[session_cat]))
         type_ = str(rng.choice(types, p=probs))
+        previous = (item, type_)
         record: dict[str, Any] = {
             "user_id": user,
             "item_id": catalog.item_ids[item],

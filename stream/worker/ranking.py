@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +59,11 @@ class Ranking(Protocol):
     cached states and, for users read from the table only to be ranked, their bytes."""
 
     def prepare(self, states: list[UserState | bytes]) -> Any: ...
+
+    def ready(self) -> bool:
+        """Whether a call can start now (a ranking process may still be loading its model:
+        its start-up is not the scorer's time to answer). Never blocks."""
+        ...
 
     def __call__(self, prepared: Any) -> RankedBatch: ...
 
@@ -110,6 +116,9 @@ class ThreadRanking:
 
     def prepare(self, states: list[UserState | bytes]) -> list[UserState]:
         return [decode(s) if isinstance(s, bytes) else s.snapshot() for s in states]
+
+    def ready(self) -> bool:
+        return True
 
     def __call__(self, prepared: list[UserState]) -> LocalRanked:
         self.scorer.refresh()  # may do network I/O (TF Serving status): in the thread
@@ -231,6 +240,7 @@ class _Child:
         self.proc: Any = None
         self.conn: Any = None
         self.ready = False
+        self.started_at = 0.0
 
     def ensure_started(self) -> None:
         if self.proc is not None and self.proc.is_alive():
@@ -241,6 +251,34 @@ class _Child:
         proc.start()
         child.close()
         self.proc, self.conn, self.ready = proc, parent, False
+        self.started_at = time.monotonic()
+
+    def poll_ready(self) -> bool:
+        """Whether the process has said it is ready (its scorer open, the model loaded),
+        without waiting; starts it when it is not running, restarts it when it did not get
+        ready within the start timeout."""
+        if self.ready and self.proc is not None and self.proc.is_alive():
+            return True
+        try:
+            self.ensure_started()
+            if not self.conn.poll(0):
+                if time.monotonic() - self.started_at > self.start_timeout_s:
+                    log.warning(
+                        "the ranking process did not start in %.0fs: restarting it",
+                        self.start_timeout_s,
+                    )
+                    self.stop()
+                return False
+            kind, _ = self.conn.recv()
+        except (EOFError, OSError):
+            self.stop()
+            return False
+        if kind != "ready":
+            log.warning("the ranking process said %r at start: restarting it", kind)
+            self.stop()
+            return False
+        self.ready = True
+        return True
 
     def send(self, blobs: list[bytes]) -> None:
         try:
@@ -321,6 +359,15 @@ class ProcessRanking:
             for child in self.children:
                 child.ensure_started()
         return self
+
+    def ready(self) -> bool:
+        """Every child has started (imported its libraries, opened its scorer)."""
+        if not self._lock.acquire(blocking=False):  # a call holds them: not now
+            return False
+        try:
+            return all([child.poll_ready() for child in self.children])
+        finally:
+            self._lock.release()
 
     def prepare(self, states: list[UserState | bytes]) -> list[bytes]:
         encode_state = self.encode_state

@@ -161,6 +161,8 @@ class Rescorer:
             return
         if self.scoring is not None and not self.scoring.done():
             return  # a hung scorer call still holds the thread: wait, never pile up
+        if not self.rank.ready():
+            return  # a ranking process still starting (loading its model): the users wait
         actives = self.active_partitions()
         gone = {p for p, users in self.dirty.by_partition.items() if p not in actives and users}
         if gone:

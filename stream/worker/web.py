@@ -39,6 +39,12 @@ def interest_body(state: UserState, at_ms: int | None, vectors: bool) -> dict[st
         "events_applied": state.events_applied,
         "type_counts": dict(state.type_counts),
         "model_version": state.model_version,
+        "recent_events": [  # oldest first, at most INTEREST_SEQUENCE_LENGTH
+            {"item_id": i, "type": k, "ts": ts}
+            for ts, i, k in zip(
+                state.sequence.ts, state.sequence.item, state.sequence.type, strict=True
+            )
+        ],
     }
     for name, horizon in (("short", SHORT), ("long", LONG)):
         body[name] = {

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from stream.core.errors import ScorerError
-from stream.core.types import CandidateBatch, ItemVectors, Recommended, ScoreBatch
+from stream.core.types import (
+    CandidateBatch,
+    ItemVectors,
+    Recommended,
+    ScoreBatch,
+    SequenceBatch,
+)
 from stream.worker.table_writer import TableWriter
 
 
@@ -199,6 +205,7 @@ class FakeScorer:
     hang: threading.Event | None = None
     calls: int = 0
     closed: bool = False
+    next_items: tuple[Recommended, ...] = ()  # what next_in_sequence proposes to everyone
 
     def _call(self) -> None:
         self.calls += 1
@@ -216,6 +223,9 @@ class FakeScorer:
     def score_candidates(self, batch: CandidateBatch) -> list[np.ndarray]:
         return [np.full(len(items), 0.5) for items in batch.items]
 
+    def next_in_sequence(self, batch: SequenceBatch) -> list[list[Recommended]]:
+        return [list(self.next_items) for _ in batch.user_ids]
+
     def close(self) -> None:
         self.closed = True
 
@@ -225,9 +235,14 @@ def fake_writer(producer: FakeProducer, ack: Callable[[Any], Any]) -> TableWrite
     return TableWriter(producer, ack=ack, write_batch=FakeWriteBatch)
 
 
-def open_fake_scorer(error: str | None = None, hang_s: float = 0.0) -> FakeScorer:
+def open_fake_scorer(
+    error: str | None = None, hang_s: float = 0.0, open_s: float = 0.0
+) -> FakeScorer:
     """A FakeScorer made in a ranking child process (a module-level function: picklable).
-    ``hang_s``: every call sleeps that long first (a scorer that does not answer)."""
+    ``hang_s``: every call sleeps that long first (a scorer that does not answer);
+    ``open_s``: opening it takes that long (a model loading at start)."""
+    if open_s:
+        threading.Event().wait(open_s)
     scorer = FakeScorer(error=error)
     if hang_s:
         event = threading.Event()

@@ -62,6 +62,9 @@ def test_toml_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest.Monke
         ("INTEREST_KAFKA_SECURITY_PROTOCOL", "TLS", "SASL_SSL"),
         ("INTEREST_HALF_LIFE_SHORT_MS", "-1", "INTEREST_HALF_LIFE_SHORT_MS"),
         ("INTEREST_LOG_LEVEL", "LOUD", "INTEREST_LOG_LEVEL"),
+        ("INTEREST_SEQUENCE_LENGTH", "-1", "INTEREST_SEQUENCE_LENGTH"),
+        ("INTEREST_SEQUENCE_DIM", "31", "INTEREST_SEQUENCE_HEADS"),  # 2 heads by default
+        ("INTEREST_SEQUENCE_BLOCKS", "0", "INTEREST_SEQUENCE_BLOCKS"),
     ],
 )
 def test_bad_values_name_the_setting(

@@ -251,3 +251,41 @@ def test_blend_columns_reproduce_the_blend() -> None:
         atol=1e-6,
     )
     np.testing.assert_array_equal(f, features(state, cands, trending, global_top=top))
+
+
+def test_sequence_items_join_the_union_once_per_batch() -> None:
+    """The sequence model's next items join the union (reason next_in_sequence) after the
+    user's own and trending items: an item already proposed keeps its first reason, a
+    bought one stays out under ``exclude``, and the scorer is asked once per batch."""
+    from tests.support.fakes import FakeScorer, FakeVectors
+
+    states = [
+        user_state([ev(u, "own", "c1", T0), ev(u, "bought", "c1", T0 + 1, "purchase")])
+        for u in ("a", "b")
+    ]
+    nxt = tuple(
+        Recommended(i, 0.5, "c9", RecommendReason.next_in_sequence)
+        for i in ("after", "own", "bought")
+    )
+
+    class Counting(FakeScorer):
+        asked: int = 0
+
+        def next_in_sequence(self, batch):
+            self.asked += 1
+            assert [len(s) for s in batch.sequences] == [2, 2]
+            return super().next_in_sequence(batch)
+
+    vectors = FakeVectors({i: np.ones(4, np.float32) for i in ("own", "after", "bought")})
+    scorer = Counting(model_version="1", item_vectors=vectors, next_items=nxt)
+    for policy in ("demote", "exclude"):
+        scorer.asked = 0
+        got = recommend_batch(
+            states, trending={}, global_top=[], scorer=scorer, k=50, policy=policy
+        )
+        assert scorer.asked == 1
+        for recs in got:
+            reasons = {r.item_id: r.reason for r in recs}
+            assert reasons["after"] == RecommendReason.next_in_sequence
+            assert reasons["own"] == RecommendReason.your_interest
+            assert ("bought" in reasons) == (policy != "exclude")

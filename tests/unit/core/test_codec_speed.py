@@ -4,6 +4,11 @@ Format 2 bytes are in RocksDB tables and changelogs: the bytes below were writte
 codec before its rewrite for speed (numpy/array per section, a Reader cursor), and the
 rewrite must write them byte for byte and read them back to equal states, with the same
 column types, and refuse every corrupt value with the same error.
+
+Format 3 added only the recent-events sequence, written after everything else and only when
+there is one (its own flag): a state without a sequence is its format 2 bytes with the
+format byte 3, so the format 2 bytes pinned here are still checked byte for byte, and still
+read. States with a sequence have their format 3 bytes pinned apart.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import random
 import numpy as np
 import pytest
 
-from stream.core.codec import decode, encode
+from stream.core.codec import FORMAT_VERSION, decode, encode
 from stream.core.errors import StateFormatError
 from stream.core.interest import ItemSums, Sums, UserState, new_state
+from stream.core.sequence import RecentEvents
 
 
 def f32(rows: list[list[float]]) -> np.ndarray:
@@ -173,8 +179,57 @@ EXPECTED: dict[str, tuple[int, str, str | None]] = {
 }
 
 
+def sequence_states() -> dict[str, UserState]:
+    """States with a sequence (format 3 only): items kept and dropped, every width."""
+    tiny = pinned_states()["tiny"]
+    t = tiny.t_ref
+    assert t is not None
+    tiny.sequence = RecentEvents(
+        [t - 70_000, t - 5, t - 5, t],
+        ["i2", "gone", "i1", "gone"],  # "gone": an item the bound dropped, written once
+        ["purchase", "browse", "browse", "browse"],
+    )
+    full = pinned_states()["full"]
+    t = full.t_ref
+    assert t is not None
+    ages = sorted((k * 997_003 % 5_000_000_000 for k in range(50)), reverse=True)
+    full.sequence = RecentEvents(
+        [t - a for a in ages],
+        [f"item-{k * 7919}" if k % 7 else f"new-{k}" for k in range(50)],
+        [("browse", "click", "purchase")[k % 3] for k in range(50)],
+    )
+    unicode = pinned_states()["unicode"]
+    unicode.sequence = RecentEvents([-5 - 2**40, -5], ["😀", "商品-1"], ["click", "käufe"])
+    many = UserState(  # more than 256 item codes and a type code of 0
+        user_id="m",
+        t_ref=10**6,
+        items=ItemSums([f"k{n}" for n in range(300)], np.ones((300, 2), np.float32)),
+        type_counts={"view": 300},
+        sequence=RecentEvents(
+            list(range(10**6 - 299, 10**6 + 1)), [f"k{n}" for n in range(300)], ["view"] * 300
+        ),
+    )
+    return {"tiny_seq": tiny, "full_seq": full, "unicode_seq": unicode, "many_seq": many}
+
+
+# name -> (length, sha256) of the format 3 bytes of the states with a sequence
+EXPECTED_SEQUENCE: dict[str, tuple[int, str]] = {
+    "tiny_seq": (216, "c843f7a322f810c6bda2c5bb2d68818f12127144f0d21d492c1154f05d7472f3"),
+    "full_seq": (4959, "a3d4dd72b338665f1cb6dfa5a1ad7159a542b9db69783e38b641b18b71cb2fea"),
+    "unicode_seq": (614, "7780cc88349f8ebfa8e9ed77e166e6338763314c7a1eabe0d0a81940071d521b"),
+    "many_seq": (5783, "41f93b8045f772c7c0c8ffd4d2e59a3a67bd07769730f80bcab2642c98779e56"),
+}
+
+
+def as_format2(blob: bytes) -> bytes:
+    """The format 2 bytes of a state without a sequence, from its format 3 bytes."""
+    assert blob[0] == FORMAT_VERSION == 3 and not blob[1] & 16  # no sequence flag
+    return b"\x02" + blob[1:]
+
+
 def test_every_pinned_state_is_pinned() -> None:
     assert set(pinned_states()) == set(EXPECTED)
+    assert set(sequence_states()) == set(EXPECTED_SEQUENCE)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -182,12 +237,62 @@ def test_encode_writes_the_bytes_written_before(name: str) -> None:
     state = pinned_states()[name]
     size, digest, hexed = EXPECTED[name]
     blob = encode(state)
+    old = as_format2(blob)
     if hexed is not None:
-        assert blob.hex() == hexed
-    assert (len(blob), hashlib.sha256(blob).hexdigest()) == (size, digest)
+        assert old.hex() == hexed
+    assert (len(old), hashlib.sha256(old).hexdigest()) == (size, digest)
     back = decode(blob)
     assert back == state
     assert encode(back) == blob
+    assert decode(old) == state  # format 2 bytes still read (an empty sequence)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, h) in EXPECTED.items() if h is not None])
+def test_format_2_bytes_written_before_read_as_they_were(name: str) -> None:
+    """The hex above was written by the format 2 codec: a committed format 2 fixture."""
+    old = bytes.fromhex(EXPECTED[name][2] or "")
+    assert old[0] == 2
+    state = decode(old)
+    assert state == pinned_states()[name] and len(state.sequence) == 0
+    assert encode(state) == b"\x03" + old[1:]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SEQUENCE))
+def test_states_with_a_sequence_round_trip_to_pinned_bytes(name: str) -> None:
+    state = sequence_states()[name]
+    blob = encode(state)
+    assert blob[0] == 3 and blob[1] & 16
+    assert (len(blob), hashlib.sha256(blob).hexdigest()) == EXPECTED_SEQUENCE[name]
+    back = decode(blob)
+    assert back == state and back.sequence == state.sequence
+    seq = back.sequence
+    assert all(type(x) is int for x in seq.ts)
+    assert all(type(x) is str for x in seq.item) and all(type(x) is str for x in seq.type)
+    assert encode(back) == blob
+    without = decode(blob)
+    without.sequence = RecentEvents()
+    assert blob.startswith(encode(without)[2:], 2)  # the sequence only adds a section
+
+
+def _width(maximum: int) -> int:
+    return 1 if maximum < 1 << 8 else 2 if maximum < 1 << 16 else 4 if maximum < 1 << 32 else 8
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SEQUENCE))
+def test_the_sequence_costs_a_few_bytes_per_event(name: str) -> None:
+    """Kept items and types are codes (names only for items no longer kept, once each),
+    times are ages from t_ref in the narrowest width that fits them all."""
+    state = sequence_states()[name]
+    plain = state.snapshot()
+    plain.sequence = RecentEvents()
+    extra = len(encode(state)) - len(encode(plain))
+    seq, t_ref = state.sequence, state.t_ref
+    assert t_ref is not None
+    gone = {i for i in seq.item if i not in state.items.index}
+    names = 1 + sum(len(i.encode()) + 1 for i in gone) if gone else 0
+    codes = len(state.items) + len(gone) - 1
+    per_event = _width(codes) + _width(len(state.type_counts) - 1) + _width(t_ref - seq.ts[0])
+    assert extra == 4 + names + 3 + len(seq) * per_event
 
 
 @pytest.mark.parametrize("name", ["tiny", "unicode", "full", "many_names", "unaligned"])
@@ -220,9 +325,9 @@ def test_decoded_columns_have_the_types_they_had(name: str) -> None:
         assert back.vectors.flags.writeable
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED) + sorted(EXPECTED_SEQUENCE))
 def test_every_truncation_or_extension_is_refused(name: str) -> None:
-    blob = encode(pinned_states()[name])
+    blob = encode({**pinned_states(), **sequence_states()}[name])
     for cut in range(len(blob)):
         with pytest.raises(StateFormatError, match=r"^corrupt state: "):
             decode(blob[:cut])
@@ -233,7 +338,7 @@ def test_every_truncation_or_extension_is_refused(name: str) -> None:
 
 def test_flipped_bytes_decode_or_raise_state_format_error() -> None:
     rnd = random.Random(11)
-    blobs = [encode(s) for s in pinned_states().values()]
+    blobs = [encode(s) for s in [*pinned_states().values(), *sequence_states().values()]]
     for _ in range(3000):
         blob = bytearray(rnd.choice(blobs))
         blob[rnd.randrange(len(blob))] = rnd.randrange(256)

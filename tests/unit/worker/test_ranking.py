@@ -112,3 +112,17 @@ def test_abort_frees_a_call_held_by_a_hanging_child() -> None:
         assert "the ranking process stopped" in str(errors[0])
     finally:
         ranking.close()
+
+
+def test_a_child_loading_its_model_is_not_ready_and_costs_no_call() -> None:
+    """Start-up (importing TensorFlow, loading the model) is not the scorer's time to
+    answer: ready() says False without waiting until the child is up, then True."""
+    spec = ChildSpec(OPTIONS, open_fake_scorer, {"open_s": 3.0}, None, ())
+    ranking = ProcessRanking(spec, start_timeout_s=60).start()
+    try:
+        assert ranking.ready() is False  # the child sleeps 3 s in its scorer's start
+        wait_for(ranking.ready, 60, "the ranking child never got ready")
+        assert len(ranking(ranking.prepare(states(3))).items) == 3
+        assert ThreadRanking(FakeScorer(), lambda: ({}, []), OPTIONS).ready()
+    finally:
+        ranking.close()

@@ -33,6 +33,7 @@ class Around:
         self.prepare = ranking.prepare
         self.settle = ranking.settle
         self.abort = ranking.abort
+        self.ready = ranking.ready
         self.close = ranking.close
 
     def __call__(self, prepared: Any) -> Any:
@@ -117,6 +118,23 @@ def test_a_hanging_scorer_times_out_and_is_not_called_again_meanwhile() -> None:
     assert scorer.calls == 1 and w.dirty.count() == 1 and w.messages() == []
     release.set()
     w.executor.shutdown(wait=True)
+
+
+def test_a_ranking_not_ready_yet_keeps_users_dirty_without_a_failure() -> None:
+    """A ranking process still loading its model: no call, no error, no back-off."""
+    w = World(FakeScorer())
+    w.event("a", "i1", T0)
+    up = {"ready": False}
+    ranking = Around(w.rescorer.rank, lambda prepared, original: original(prepared))
+    ranking.ready = lambda: up["ready"]
+    w.rescorer.rank = ranking
+    errors = metrics.SCORER_ERRORS._value.get()
+    w.run(w.rescorer.rescore_dirty())
+    assert w.messages() == [] and w.dirty.count() == 1 and w.dirty.failures == 0
+    assert metrics.SCORER_ERRORS._value.get() == errors
+    up["ready"] = True
+    w.run(w.rescorer.rescore_dirty())
+    assert [m["user_id"] for m in w.messages()] == ["a"]
 
 
 def test_a_rebalance_during_ranking_publishes_nothing() -> None:

@@ -20,7 +20,9 @@ METHODS = {
     "interest-stream:short-only",
     "interest-stream:long-only",
     "interest-stream:no-network",
+    "interest-stream:no-sequence",
     "interest-stream:tuned",
+    "sequence",
     "popularity",
     "category-popularity",
     "category-trending",
@@ -64,6 +66,11 @@ def test_evaluate_writes_every_method_metric_and_plot(tmp_path: Path) -> None:
         assert (out / plot).stat().st_size > 1000, plot
     report = (out / "report.md").read_text()
     assert "| interest-stream |" in report and "## Tuning" in report
+    assert "| sequence |" in report and "## Paired differences" in report
+    fusion = metrics["differences"]["interest-stream - interest-stream:no-sequence"]
+    lo, hi = fusion["hr@20_ci"]
+    assert lo <= fusion["hr@20"] <= hi
+    assert "validation" in metrics["sequence_model"]
     tuned = load_settings(out / "tuned.toml")  # what `interest worker --config` does
     assert tuned.half_life_short_ms <= tuned.half_life_long_ms
 

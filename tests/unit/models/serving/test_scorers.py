@@ -12,7 +12,15 @@ import pytest
 from models.serving import LocalScorer, TFServingScorer, open_scorer
 from models.training.export import export_version
 from stream.core.errors import ScorerError
-from stream.core.types import CandidateBatch, Recommended, RecommendReason, ScoreBatch, Scorer
+from stream.core.sequence import RecentEvents
+from stream.core.types import (
+    CandidateBatch,
+    Recommended,
+    RecommendReason,
+    ScoreBatch,
+    Scorer,
+    SequenceBatch,
+)
 from tests.support.models import D, toy_artifacts
 from tests.support.tfserving_standin import StandinServer
 
@@ -292,3 +300,59 @@ def test_scorers_expose_the_ranking_guard(
     assert LocalScorer(tmp_path / "none", watch=False).network_ranking is True
     remote = TFServingScorer(standin.url, "interest", model_dir)
     assert remote.network_ranking is True
+
+
+# ----------------------------------------------------------------------------- sequence
+
+
+def make_sequences(b: int, seed: int = 0) -> SequenceBatch:
+    """Recent events of ``b`` users: known items, one the model lacks, an unknown type,
+    and one user with no events at all (the last)."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for n in range(b - 1):
+        seq = RecentEvents()
+        for e in range(2 + n % 9):
+            item = "never-seen" if e == 1 else f"i{int(rng.integers(0, 100))}"
+            kind = "teleport" if e == 2 else ("browse", "click", "purchase")[e % 3]
+            seq.insert(1_000 * e, item, kind, 8)
+        seqs.append(seq)
+    seqs.append(RecentEvents())
+    return SequenceBatch([f"u{n}" for n in range(b)], seqs, 5)
+
+
+@pytest.fixture(scope="module")
+def sequence_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("sequence")
+    export_version(toy_artifacts(seed=0, sequence=True), base)
+    return base
+
+
+def test_next_in_sequence_local_and_tfserving_agree(sequence_dir: Path) -> None:
+    local = LocalScorer(sequence_dir, watch=False)
+    batch = make_sequences(7, seed=1)
+    got = local.next_in_sequence(batch)
+    assert len(got) == 7 and got[-1] == []  # no events: no next item
+    for recs in got[:-1]:
+        assert 0 < len(recs) <= 5
+        assert all(r.reason == RecommendReason.next_in_sequence for r in recs)
+        assert all(0.0 <= r.score <= 1.0 for r in recs)
+        assert all(r.category == local.catalog.get(r.item_id) for r in recs)
+        assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+    small = LocalScorer(sequence_dir, watch=False, max_batch=2)
+    assert [[r.item_id for r in u] for u in small.next_in_sequence(batch)] == [
+        [r.item_id for r in u] for u in got
+    ]
+    with StandinServer(sequence_dir, "interest") as server:
+        remote = TFServingScorer(server.url, "interest", sequence_dir, max_batch=3)
+        for a, b in zip(remote.next_in_sequence(batch), got, strict=True):
+            assert [r.item_id for r in a] == [r.item_id for r in b]
+            np.testing.assert_allclose([r.score for r in a], [r.score for r in b], rtol=1e-5)
+    small.close()
+    local.close()
+
+
+def test_next_in_sequence_without_a_sequence_model(local: LocalScorer, tmp_path: Path) -> None:
+    batch = make_sequences(3)
+    assert local.next_in_sequence(batch) == [[], [], []]  # a version without one
+    assert LocalScorer(tmp_path, watch=False).next_in_sequence(batch) == [[], [], []]
