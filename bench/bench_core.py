@@ -291,6 +291,21 @@ def run_core(
     return table
 
 
+def fold_per_user(
+    batches: list[tuple[str, list[bytes]]],
+    parsed: list[list[Any]],
+    cfg: InterestConfig,
+    vectors: DictVectors,
+) -> dict[str, UserState]:
+    """Each user's batch folded into its state, one fold call per batch (as 0.2.0 did)."""
+    states: dict[str, UserState] = {}
+    for (user, _), events in zip(batches, parsed, strict=True):
+        s = states.get(user) or new_state(user)
+        fold(s, events, cfg, vectors=vectors)  # type: ignore[arg-type]
+        states[user] = s
+    return states
+
+
 def stage_costs(
     batches: list[tuple[str, list[bytes]]], parser: EventParser, vectors: DictVectors
 ) -> dict[str, float]:
@@ -299,13 +314,8 @@ def stage_costs(
     parsed = [[parser.parse(v, now_ms=NOW) for v in values] for _, values in batches]
     cfg = InterestConfig()
 
-    def folds() -> dict[str, object]:
-        states: dict[str, object] = {}
-        for (user, _), events in zip(batches, parsed, strict=True):
-            s = states.get(user) or new_state(user)
-            fold(s, events, cfg, vectors=vectors)  # type: ignore[arg-type]
-            states[user] = s
-        return states
+    def folds() -> dict[str, UserState]:
+        return fold_per_user(batches, parsed, cfg, vectors)
 
     final = list(folds().values())
     blobs = [encode(s) for s in final]  # type: ignore[arg-type]
@@ -367,12 +377,7 @@ def sequence_costs(
         fetches.append((batch, names, np.array([at[u] for u in batch.user_id], np.int64)))
 
     def per_user(cfg: InterestConfig) -> dict[str, UserState]:
-        states: dict[str, UserState] = {}
-        for (user, _), evs in zip(batches, parsed, strict=True):
-            s = states.get(user) or new_state(user)
-            fold(s, evs, cfg, vectors=vectors)  # type: ignore[arg-type]
-            states[user] = s
-        return states
+        return fold_per_user(batches, parsed, cfg, vectors)
 
     def per_fetch(cfg: InterestConfig) -> dict[str, UserState]:
         states: dict[str, UserState] = {}

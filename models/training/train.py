@@ -259,7 +259,7 @@ def train(
         emb.artifacts.sequence, seq_metrics = _fit_sequence(
             evs, emb, cfg, settings, steps, "sequence model (train split)", cut=cut
         )
-        fused = _fit_fused(examples, is_val, x_tr, x_va, emb.artifacts, groups, cfg, seed, steps)
+        fused = _fit_fused(tr, va, x_tr, x_va, emb.artifacts, groups, cfg, seed, steps)
         seq_metrics["fused_validation"] = binary_metrics(
             va.label, fused.network.predict(fused.x_va), best_f1_threshold(tr.label, fused.p_tr)
         )
@@ -516,8 +516,8 @@ def _with_sequence_feature(ex: Examples, x: np.ndarray, art: ModelArtifacts) -> 
 
 
 def _fit_fused(
-    examples: Examples,
-    is_val: np.ndarray,
+    tr: Examples,
+    va: Examples,
     x_tr: np.ndarray,
     x_va: np.ndarray,
     art: ModelArtifacts,
@@ -528,13 +528,12 @@ def _fit_fused(
 ) -> Fused:
     """The fused network on the train split (the sequence model's score as one more input)."""
     assert art.sequence is not None
-    tr, va = examples.take(~is_val), examples.take(is_val)
     xf_tr = _with_sequence_feature(tr, x_tr, art)
     xf_va = _with_sequence_feature(va, x_va, art)
     with steps.task("fused network (train split)", cfg.ranker.epochs) as adv:
         res = fit(xf_tr, tr.label, cfg.ranker, seed=seed, on_epoch=lambda e, logs: adv())
     inside = [g for g in groups if g.pos >= 0]
-    group_p = group_probabilities(art.sequence, examples.seq_items, examples.seq_types, inside)
+    group_p = group_probabilities(art.sequence, tr.seq_items, tr.seq_types, inside)
     return Fused(res.network, art.sequence.n_items, xf_va, res.network.predict(xf_tr), group_p)
 
 

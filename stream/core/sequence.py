@@ -21,7 +21,6 @@ users' sequences into the int32 arrays a model scorer feeds its sequence signatu
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from itertools import chain, repeat
 from operator import itemgetter
@@ -91,29 +90,17 @@ class RecentEvents:
             del self.type[:excess]
 
     def insert(self, ts: int, item: str, type: str, length: int) -> bool:
-        """Insert one event in key order, keeping at most ``length``; True when kept.
-
-        When the sequence is full the smallest event goes; an event not greater than the
-        smallest kept one of a full sequence is not inserted (keeping it and dropping the
-        smallest would keep the same content)."""
+        """:meth:`add` of one event, keeping at most ``length``; True when it is kept (an
+        event not greater than the smallest kept one of a full sequence is not: keeping it
+        and dropping the smallest would keep the same content)."""
         if length <= 0:
             self.clear()
             return False
         self.trim(length)
-        tss, items, types = self.ts, self.item, self.type
         key = (ts, item, type)
-        full = len(tss) >= length
-        if full and key <= (tss[0], items[0], types[0]):
+        if len(self.ts) >= length and key <= (self.ts[0], self.item[0], self.type[0]):
             return False
-        lo = bisect_left(tss, ts)
-        hi = bisect_right(tss, ts, lo)
-        if lo < hi:  # events at the same time: place it among them by (item, type)
-            lo = bisect_right(range(hi), (item, type), lo, hi, key=lambda k: (items[k], types[k]))
-        tss.insert(lo, ts)
-        items.insert(lo, item)
-        types.insert(lo, type)
-        if full:
-            del tss[0], items[0], types[0]
+        self.add([key], length)
         return True
 
     def add(self, events: list[Key], length: int) -> None:

@@ -241,6 +241,7 @@ class _Child:
         self.conn: Any = None
         self.ready = False
         self.started_at = 0.0
+        self.not_ready = ""  # why poll_ready last said no
 
     def ensure_started(self) -> None:
         if self.proc is not None and self.proc.is_alive():
@@ -253,27 +254,28 @@ class _Child:
         self.proc, self.conn, self.ready = proc, parent, False
         self.started_at = time.monotonic()
 
-    def poll_ready(self) -> bool:
+    def poll_ready(self, wait_s: float = 0.0) -> bool:
         """Whether the process has said it is ready (its scorer open, the model loaded),
-        without waiting; starts it when it is not running, restarts it when it did not get
-        ready within the start timeout."""
+        waiting at most ``wait_s``; starts it when it is not running, restarts it when it
+        did not get ready within the start timeout. ``not_ready`` says why not."""
         if self.ready and self.proc is not None and self.proc.is_alive():
             return True
         try:
             self.ensure_started()
-            if not self.conn.poll(0):
+            if not self.conn.poll(wait_s):
+                self.not_ready = f"it did not start in {self.start_timeout_s:.0f}s"
                 if time.monotonic() - self.started_at > self.start_timeout_s:
-                    log.warning(
-                        "the ranking process did not start in %.0fs: restarting it",
-                        self.start_timeout_s,
-                    )
+                    log.warning("the ranking process did not start: restarting it")
                     self.stop()
                 return False
             kind, _ = self.conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError) as exc:
+            code = self.proc.exitcode if self.proc is not None else None
+            self.not_ready = f"it stopped at start (exit code {code}): {exc}"
             self.stop()
             return False
         if kind != "ready":
+            self.not_ready = f"it said {kind!r} at start"
             log.warning("the ranking process said %r at start: restarting it", kind)
             self.stop()
             return False
@@ -281,17 +283,10 @@ class _Child:
         return True
 
     def send(self, blobs: list[bytes]) -> None:
+        """Hand over a batch, first waiting (up to the start timeout) for a starting child."""
+        if not self.poll_ready(self.start_timeout_s):
+            raise ScorerError(f"the ranking process is not ready: {self.not_ready}")
         try:
-            self.ensure_started()
-            if not self.ready:
-                if not self.conn.poll(self.start_timeout_s):
-                    raise ScorerError(
-                        f"the ranking process did not start in {self.start_timeout_s}s"
-                    )
-                kind, _ = self.conn.recv()
-                if kind != "ready":
-                    raise ScorerError(f"the ranking process said {kind!r} at start")
-                self.ready = True
             self.conn.send(blobs)
         except (EOFError, OSError) as exc:
             raise self._died(exc) from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from stream.core.types import (
     Scorer,
     SequenceBatch,
 )
+from tests.support.helpers import wait_for
 from tests.support.models import D, toy_artifacts
 from tests.support.tfserving_standin import StandinServer
 
@@ -130,12 +130,9 @@ def test_hot_reload_swaps_without_dropping_a_batch(tmp_path: Path) -> None:
     t.start()
     try:
         second = export_version(toy_artifacts(seed=2), tmp_path)
-        deadline = time.monotonic() + 20
-        while scorer.model_version != second.name and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: scorer.model_version == second.name, 20, "the new version never loaded")
         n_at_swap = len(results)
-        while len(results) < n_at_swap + 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(results) >= n_at_swap + 3, 20, "no batch after the swap")
     finally:
         stop.set()
         t.join()
