@@ -1,3 +1,3 @@
 """interest-stream: streaming, real-time user-interest updater for recommender systems."""
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"

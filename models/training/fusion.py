@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.training.replay import RankGroup
-from models.training.sequence import SequenceWeights, head_from, next_scores, sequence_feature
+from models.training.sequence import SequenceRunner, SequenceWeights, sequence_feature
 
 CHUNK = 512  # events per next_scores call
 
@@ -32,8 +32,6 @@ def pair_probabilities(
     """p(item | recent events) for pairs: ``rows[n]`` is pair n's row of ``seq_items`` /
     ``seq_types`` (-1: no sequence), ``items[n]`` its model item index (-1: unknown); both
     give 0. The pairs of one event share one sequence: one row per event in each call."""
-    import tensorflow as tf
-
     rows = np.asarray(rows, np.int64)
     items = np.asarray(items, np.int64)
     out = np.zeros(len(rows), np.float32)
@@ -46,16 +44,7 @@ def pair_probabilities(
     group = np.repeat(np.arange(len(events)), counts)
     wanted = np.full((len(events), int(counts.max())), -1, np.int32)
     wanted[group, pos] = items[pick]
-    head = head_from(weights)
-    spec = tf.TensorSpec([None, None], tf.int32)
-    run = tf.function(
-        lambda i, t, w: next_scores(head, i, t, w)["scores"], input_signature=[spec] * 3
-    )
-    got = np.zeros(wanted.shape, np.float32)
-    for a in range(0, len(events), CHUNK):
-        ev = events[a : a + CHUNK]
-        inputs = (seq_items[ev], seq_types[ev], wanted[a : a + CHUNK])
-        got[a : a + CHUNK] = run(*map(tf.constant, inputs)).numpy()
+    got = SequenceRunner(weights, CHUNK).next_scores(seq_items[events], seq_types[events], wanted)
     out[pick] = got[group, pos]
     return out
 

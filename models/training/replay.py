@@ -20,7 +20,8 @@ from models.serving.model_dir import EmbeddingTable
 from models.training.embeddings import Interactions
 from models.training.module import ModelArtifacts, item_scales, retrieval_scores
 from models.training.ranker import pair_features
-from stream.core.candidates import apply_policy, generate
+from models.training.sequence import SequenceRunner, SequenceWeights
+from stream.core.candidates import SEQUENCE_CANDIDATES, apply_policy, generate
 from stream.core.decay import LONG, SHORT
 from stream.core.features import (
     N_FEATURES,
@@ -156,7 +157,7 @@ class Retriever:
         self.index = {i: n for n, i in enumerate(art.item_ids)}
         self.cat_pos = {c: n for n, c in enumerate(art.categories)}
         self.n_cat = len(art.categories)
-        self.names = [None if c.startswith("__") else c for c in art.item_categories]
+        self.names = category_names(art)
 
     def __call__(
         self, state: UserState, short: np.ndarray, long: np.ndarray, policy: str
@@ -218,7 +219,7 @@ def replay(
     trending_items: int = 200,
     groups: list[RankGroup] | None = None,
     validate_after: int | None = None,
-    event_types: Sequence[str] | None = None,
+    sequence: SequenceWeights | None = None,
 ) -> tuple[Examples, int]:
     """Replay all events in event-time order through both aggregations; emit training pairs.
 
@@ -235,9 +236,11 @@ def replay(
     With ``groups``, every target-like event after ``validate_after`` (not a repeat browse)
     of a user seen before also records the full union for the ranking validation.
 
-    With ``event_types`` (the sequence model's type index), each event also records the
-    user's recent events before it (``state.sequence``, in the model's item index) for the
-    sequence feature of the fused network.
+    With a ``sequence`` model, each event also records the user's recent events before it
+    (``state.sequence`` as the model reads it) for the fused network's sequence feature,
+    and the model's next items then join the union as serving adds them (reason
+    ``next_in_sequence``; :func:`next_in_sequence`): the network, the fused network and
+    the guard see the candidates they will rank.
 
     Returns the examples and how many positives' items the model does not know.
     """
@@ -247,8 +250,12 @@ def replay(
     trend_cfg = TrendConfig(interest.half_life_short_ms, interest.half_life_long_ms, trending_items)
     sampler = NegativeSampler(stage.interactions.item_counts, cfg.neg_popular, cfg.neg_uniform)
     rows = Rows(art, index, cfg.cold_fraction)
-    kinds = {t: n for n, t in enumerate(event_types)} if event_types is not None else None
-    length = interest.sequence_length
+    ordered = sorted(events, key=lambda e: e.ts)
+    nexts = (
+        next_in_sequence(ordered, sequence, art, index, interest)
+        if sequence is not None and interest.sequence_length > 0
+        else None
+    )
     retrieval = Retriever(art, cfg.retrieval_k)
     states: dict[str, UserState] = {}
     users: dict[str, int] = {}
@@ -257,7 +264,7 @@ def replay(
     global_trend = GlobalTrend(trend_cfg)
     unknown = 0
     with steps.task(label, len(events)) as adv:
-        for ev in sorted(events, key=lambda e: e.ts):
+        for n, ev in enumerate(ordered):
             state = states.get(ev.user_id)
             if state is None:
                 state = states[ev.user_id] = new_state(ev.user_id, interest)
@@ -278,6 +285,7 @@ def replay(
                     policy=policy,
                     limit=limit,
                     cols=cols,
+                    sequenced=nexts.lists[n] if nexts is not None else None,
                 )
             negs = [
                 art.item_ids[i] for i in sampler.sample(rng, exclude=-1 if pos is None else pos)
@@ -285,9 +293,7 @@ def replay(
             pool = [c.item_id for c in cands if c.item_id != ev.item_id]
             if pool and cfg.neg_candidates > 0:
                 negs += [pool[i] for i in rng.integers(0, len(pool), cfg.neg_candidates).tolist()]
-            seq = -1
-            if kinds is not None and length > 0:
-                seq = rows.add_sequence(*sequence_columns([state.sequence], index, kinds, length))
+            seq = n if nexts is not None else -1
             rows.add(
                 state, cols, trends, gtop, ev, [ev.item_id, *negs], users[ev.user_id], rng, seq
             )
@@ -320,7 +326,77 @@ def replay(
                     trend = trends[ev.category] = new_trend(ev.category, trend_cfg)
                 fold_trend(trend, [ev], trend_cfg)
             adv()
-    return rows.examples(art.dim), unknown
+    if nexts is None:
+        return rows.examples(art.dim), unknown
+    return rows.examples(art.dim, nexts.seq_items, nexts.seq_types), unknown
+
+
+def category_names(art: ModelArtifacts) -> list[str | None]:
+    """Each catalog item's category as serving names it (None for the placeholder ones)."""
+    return [None if c.startswith("__") else c for c in art.item_categories]
+
+
+@dataclass(slots=True)
+class NextInSequence:
+    """The sequence model's view of every replayed event (in replay order): the user's
+    recent events before it, and the model's next items then."""
+
+    seq_items: np.ndarray  # (events, L) int32, as models.serving.codec.encode_sequences
+    seq_types: np.ndarray
+    lists: list[list[Recommended]]  # per event; empty for a user's first event
+
+
+def next_in_sequence(
+    ordered: Sequence[Event],
+    weights: SequenceWeights,
+    art: ModelArtifacts,
+    index: Mapping[str, int],
+    interest: InterestConfig,
+    *,
+    k: int = SEQUENCE_CANDIDATES,
+    chunk: int = 4096,
+) -> NextInSequence:
+    """Each event's sequence rows and ``next_in_sequence`` candidates, from batched model
+    calls rather than one per event (``chunk``: events whose sequences are copied at once).
+
+    The union of an event needs the model's answer for the sequence just before it, so
+    the sequences come first, from a fold of their own (``stream.core.interest.fold``
+    without vectors: a state's sequence does not depend on them), in event order as the
+    replay folds; serving's encoding (``sequence_columns`` over the model's catalog and
+    event types, the model's length) and its top-k (the `next_items` function, through
+    :class:`models.training.sequence.SequenceRunner`)."""
+    kinds = {t: n for n, t in enumerate(weights.event_types)}
+    states: dict[str, UserState] = {}
+    parts_i: list[np.ndarray] = []
+    parts_t: list[np.ndarray] = []
+    known = np.zeros(len(ordered), bool)
+    for a in range(0, len(ordered), chunk):
+        seqs = []
+        for n, ev in enumerate(ordered[a : a + chunk], a):
+            state = states.get(ev.user_id)
+            if state is None:
+                state = states[ev.user_id] = new_state(ev.user_id, interest)
+            known[n] = state.t_ref is not None
+            seqs.append(state.sequence.copy())
+            fold(state, [ev], interest)
+        items, types = sequence_columns(seqs, index, kinds, weights.length)
+        parts_i.append(items)
+        parts_t.append(types)
+    seq_items = np.concatenate(parts_i) if parts_i else np.zeros((0, weights.length), np.int32)
+    seq_types = np.concatenate(parts_t) if parts_t else np.zeros((0, weights.length), np.int32)
+    lists: list[list[Recommended]] = [[] for _ in ordered]
+    ask = np.flatnonzero(known)
+    if len(ask):
+        top, scores = SequenceRunner(weights).next_items(seq_items[ask], seq_types[ask], k)
+        ids, cats = art.item_ids, category_names(art)
+        reason = RecommendReason.next_in_sequence
+        for n, row, p in zip(ask.tolist(), top.tolist(), scores.tolist(), strict=True):
+            lists[n] = [
+                Recommended(ids[i], float(s), cats[i], reason)
+                for i, s in zip(row, p, strict=True)
+                if i >= 0
+            ]
+    return NextInSequence(seq_items, seq_types, lists)
 
 
 def rank_in(scores: np.ndarray, group: RankGroup, policy: str) -> int:
@@ -340,14 +416,6 @@ class Rows:
         self.art, self.index, self.cold = art, index, cold
         self.cat_of = dict(zip(art.item_ids, art.item_categories, strict=True))
         self.cols: dict[str, list[Any]] = {k: [] for k in PER_PAIR}
-        self.seq_items: list[np.ndarray] = []
-        self.seq_types: list[np.ndarray] = []
-
-    def add_sequence(self, items: np.ndarray, types: np.ndarray) -> int:
-        """Keep one event's (1, L) sequence rows; returns their row."""
-        self.seq_items.append(items[0])
-        self.seq_types.append(types[0])
-        return len(self.seq_items) - 1
 
     def vectors(self, state: UserState, ev: Event) -> tuple[np.ndarray, np.ndarray]:
         """The user's raw short and long vectors at the event's time (zeros when none)."""
@@ -393,8 +461,12 @@ class Rows:
             return ev.category if item == ev.item_id else None
         return name
 
-    def examples(self, d: int) -> Examples:
+    def examples(
+        self, d: int, seq_items: np.ndarray | None = None, seq_types: np.ndarray | None = None
+    ) -> Examples:
+        """The pairs as arrays; ``seq_items`` / ``seq_types``: the rows their ``seq`` points at."""
         c = self.cols
+        empty = np.zeros((0, 0), np.int32)
         return Examples(
             short=np.asarray(c["short"], np.float32).reshape(-1, d),
             long=np.asarray(c["long"], np.float32).reshape(-1, d),
@@ -406,13 +478,9 @@ class Rows:
             feats=np.asarray(c["feats"], np.float32).reshape(-1, N_FEATURES),
             cold=np.asarray(c["cold"], bool),
             seq=np.asarray(c["seq"], np.int32),
-            seq_items=_stack(self.seq_items),
-            seq_types=_stack(self.seq_types),
+            seq_items=seq_items if seq_items is not None else empty,
+            seq_types=seq_types if seq_types is not None else empty,
         )
-
-
-def _stack(rows: list[np.ndarray]) -> np.ndarray:
-    return np.stack(rows).astype(np.int32) if rows else np.zeros((0, 0), np.int32)
 
 
 class NegativeSampler:

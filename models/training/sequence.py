@@ -488,6 +488,61 @@ def next_items(head, seq_items, seq_types, k):
     }
 
 
+class SequenceRunner:
+    """Trained weights' ``next_items`` / ``next_scores`` run over numpy rows in chunks:
+    training's use of the very functions the export serves (the replay's
+    ``next_in_sequence`` candidates, the fused network's feature)."""
+
+    def __init__(self, weights: SequenceWeights, chunk: int = 512) -> None:
+        import tensorflow as tf
+
+        self.weights = weights
+        self.chunk = chunk
+        head = head_from(weights)
+        spec = tf.TensorSpec([None, None], tf.int32)
+        self._items = tf.function(
+            lambda i, t, k: next_items(head, i, t, k),
+            input_signature=[spec, spec, tf.TensorSpec([None], tf.int32)],
+        )
+        self._scores = tf.function(
+            lambda i, t, w: next_scores(head, i, t, w)["scores"], input_signature=[spec] * 3
+        )
+
+    def next_items(
+        self, seq_items: np.ndarray, seq_types: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) item indices (-1: none) and probabilities, best first, per row."""
+        import tensorflow as tf
+
+        n = len(seq_items)
+        k = max(1, min(int(k), self.weights.n_items))
+        items = np.full((n, k), PAD, np.int32)
+        scores = np.zeros((n, k), np.float32)
+        for a in range(0, n, self.chunk):
+            b = min(a + self.chunk, n)
+            got = self._items(
+                tf.constant(seq_items[a:b], tf.int32),
+                tf.constant(seq_types[a:b], tf.int32),
+                tf.constant(np.full(b - a, k, np.int32)),
+            )
+            items[a:b] = got["items"].numpy()
+            scores[a:b] = got["scores"].numpy()
+        return items, scores
+
+    def next_scores(
+        self, seq_items: np.ndarray, seq_types: np.ndarray, wanted: np.ndarray
+    ) -> np.ndarray:
+        """(B, W) probabilities of the ``wanted`` item indices (0 for -1), per row."""
+        import tensorflow as tf
+
+        out = np.zeros(wanted.shape, np.float32)
+        for a in range(0, len(wanted), self.chunk):
+            part = slice(a, a + self.chunk)
+            inputs = (seq_items[part], seq_types[part], wanted[part])
+            out[part] = self._scores(*(tf.constant(x, tf.int32) for x in inputs)).numpy()
+        return out
+
+
 def sequence_feature(xp: Any, p: Any, n_items: Any) -> Any:
     """The fused network's input from the sequence model's probability ``p`` of an item:
     ``log1p(p * N)``, the probability in units of the uniform one (0 for an item the model

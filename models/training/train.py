@@ -229,7 +229,11 @@ def train(
 
     emb = _fit_embeddings(train_ev, cfg, settings, seed, steps, "embeddings (train split)")
     serving = _serving_options(settings)
-    kinds = list(settings.event_weights) if cfg.sequence is not None else None
+    seq_metrics: dict[str, Any] = {}
+    if cfg.sequence is not None:  # before the replay: its next items join the union
+        emb.artifacts.sequence, seq_metrics = _fit_sequence(
+            evs, emb, cfg, settings, steps, "sequence model (train split)", cut=cut
+        )
     groups: list[RankGroup] = []
     examples, unknown = replay(
         evs,
@@ -241,7 +245,7 @@ def train(
         "replay (all events)",
         groups=groups,
         validate_after=cut,
-        event_types=kinds,
+        sequence=emb.artifacts.sequence,
         **serving,
     )
     is_val = examples.ts > cut
@@ -253,12 +257,8 @@ def train(
 
     p_tr, p_va = res.network.predict(x_tr), res.network.predict(x_va)
     threshold = best_f1_threshold(tr.label, p_tr)
-    seq_metrics: dict[str, Any] = {}
     fused: Fused | None = None
-    if cfg.sequence is not None:
-        emb.artifacts.sequence, seq_metrics = _fit_sequence(
-            evs, emb, cfg, settings, steps, "sequence model (train split)", cut=cut
-        )
+    if emb.artifacts.sequence is not None:
         fused = _fit_fused(tr, va, x_tr, x_va, emb.artifacts, groups, cfg, seed, steps)
         seq_metrics["fused_validation"] = binary_metrics(
             va.label, fused.network.predict(fused.x_va), best_f1_threshold(tr.label, fused.p_tr)
@@ -303,24 +303,32 @@ def train(
     final = emb.artifacts
     if cfg.refit_full and len(train_ev) < len(evs):
         full = _fit_embeddings(evs, cfg, settings, seed, steps, "embeddings (all events)")
-        ex_all, _ = replay(
-            evs, full, cfg, interest, rng, steps, "replay (refit)", event_types=kinds, **serving
-        )
-        x_all = features(ex_all, full.artifacts)
-        with steps.task("network (all events)", cfg.ranker.epochs) as adv:
-            res_all = fit(x_all, ex_all.label, cfg.ranker, seed=seed, on_epoch=lambda *_: adv())
-        full.artifacts.network = res_all.network
         if cfg.sequence is not None:
             full.artifacts.sequence, refit = _fit_sequence(
                 evs, full, cfg, settings, steps, "sequence model (all events)"
             )
             metrics["sequence"]["refit"] = refit
-            if use_fused:
-                x_fused = _with_sequence_feature(ex_all, x_all, full.artifacts)
-                with steps.task("fused network (all events)", cfg.ranker.epochs) as adv:
-                    full.artifacts.fused = fit(
-                        x_fused, ex_all.label, cfg.ranker, seed=seed, on_epoch=lambda *_: adv()
-                    ).network
+        ex_all, _ = replay(
+            evs,
+            full,
+            cfg,
+            interest,
+            rng,
+            steps,
+            "replay (refit)",
+            sequence=full.artifacts.sequence,
+            **serving,
+        )
+        x_all = features(ex_all, full.artifacts)
+        with steps.task("network (all events)", cfg.ranker.epochs) as adv:
+            res_all = fit(x_all, ex_all.label, cfg.ranker, seed=seed, on_epoch=lambda *_: adv())
+        full.artifacts.network = res_all.network
+        if full.artifacts.sequence is not None and use_fused:
+            x_fused = _with_sequence_feature(ex_all, x_all, full.artifacts)
+            with steps.task("fused network (all events)", cfg.ranker.epochs) as adv:
+                full.artifacts.fused = fit(
+                    x_fused, ex_all.label, cfg.ranker, seed=seed, on_epoch=lambda *_: adv()
+                ).network
         final = full.artifacts
         metrics["refit_full"] = {"events": len(evs), "items": len(final.item_ids)}
     metrics["items"] = len(final.item_ids)

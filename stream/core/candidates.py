@@ -595,9 +595,10 @@ def generate(
     limit: int = 200,
     vocab: Vocabulary = VOCABULARY,
     cols: UserColumns | None = None,
+    sequenced: Sequence[Recommended] | None = None,
 ) -> list[Candidate]:
     """:func:`generate_batch` for one user, as Candidate tuples in union order (``cols``:
-    the user's columns, already gathered)."""
+    the user's columns, already gathered; ``sequenced``: the sequence model's next items)."""
     cols = cols if cols is not None else gather([state], vocab=vocab)
     union = generate_batch(
         cols,
@@ -607,6 +608,7 @@ def generate(
         policy=policy,
         limit=limit,
         vocab=vocab,
+        sequenced=[list(sequenced)] if sequenced is not None else None,
     )
     names, cat_names = vocab.items.names, vocab.categories.names
     return [

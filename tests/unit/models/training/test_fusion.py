@@ -12,12 +12,18 @@ import pytest
 
 from models.serving import LocalScorer, TFServingScorer
 from models.serving.model_dir import RANKING_BLEND, RANKING_FUSED, RANKING_NETWORK, ModelView
+from models.training.embeddings import MFConfig
 from models.training.export import export_version, ranking_mode
 from models.training.fusion import fused_input, pair_probabilities
 from models.training.module import build_module
-from models.training.replay import network_input
+from models.training.ranker import feature_names
+from models.training.replay import RankGroup, network_input
+from models.training.sequence import SequenceWeights
+from stream.core.candidates import SEQUENCE_CANDIDATES
 from stream.core.features import N_FEATURES
-from tests.support.models import D, N, toy_artifacts
+from stream.core.interest import UserState
+from stream.core.types import Event, RecommendReason, SequenceBatch
+from tests.support.models import D, N, toy_artifacts, toy_network, toy_sequence
 from tests.support.tfserving_standin import StandinServer
 from tests.unit.models.serving.test_scorers import make_candidates, make_sequences
 from tests.unit.models.training.test_sequence import category_events
@@ -143,3 +149,88 @@ def test_pair_probabilities_of_missing_sequences_or_items_are_zero(rows: list[in
     seq_types = np.zeros((1, 8), np.int32)
     p = pair_probabilities(art.sequence, seq_items, seq_types, np.array(rows), np.array([5, -1]))
     assert p[1] == 0 and (p[0] > 0) == (rows[0] == 0)
+
+
+def wide_events(users: int = 8, per_user: int = 12, items: int = 300) -> list[Event]:
+    """Users browsing a catalog wider than any union: the sequence source adds to it."""
+    rng = np.random.default_rng(11)
+    out = []
+    for u in range(users):
+        t = 1_700_000_000_000 + u * 1_000
+        for n in range(per_user):
+            t += int(rng.integers(10_000, 600_000))
+            item = int(rng.integers(0, items))
+            out.append(Event(f"u{u}", f"i{item}", "browse", t, f"e{u}-{n}", f"c{item % 5}", 1.0))
+    return sorted(out, key=lambda e: e.ts)
+
+
+def test_replay_unions_hold_the_next_items_serving_proposes(tmp_path: Path) -> None:
+    """The training replay ranks what serving ranks: for every event, the sequence model's
+    next items before it are the exported model's `next_items` for the same state (as the
+    worker asks, through LocalScorer), and they join the replayed union."""
+    from models.training.replay import Steps, next_in_sequence, replay
+    from models.training.train import TrainConfig, _fit_embeddings
+    from stream.config import Settings, interest_config
+    from stream.core.interest import fold, new_state
+
+    events = wide_events()
+    settings = Settings(sequence_length=8)
+    cfg = TrainConfig(mf=MFConfig(dim=D, iterations=3), refit_full=False, retrieval_k=5)
+    stage = _fit_embeddings(events, cfg, settings, 0, Steps(None), "mf")
+    art = stage.artifacts
+    art.sequence = toy_sequence(len(art.item_ids), seed=5)
+    art.network = toy_network(np.random.default_rng(5), len(feature_names(D)))
+    interest = interest_config(settings)
+    index = stage.interactions.item_index
+    nexts = next_in_sequence(events, art.sequence, art, index, interest)
+
+    export_version(art, tmp_path)
+    served = LocalScorer(tmp_path, watch=False)
+    states: dict[str, UserState] = {}
+    asked = 0
+    for n, ev in enumerate(events):
+        state = states.get(ev.user_id)
+        if state is None:
+            state = states[ev.user_id] = new_state(ev.user_id, interest)
+            assert nexts.lists[n] == []
+        else:
+            batch = SequenceBatch([ev.user_id], [state.sequence], SEQUENCE_CANDIDATES)
+            want = served.next_in_sequence(batch)[0]
+            assert [r.item_id for r in nexts.lists[n]] == [r.item_id for r in want]
+            assert [r.score for r in nexts.lists[n]] == pytest.approx(
+                [r.score for r in want], rel=1e-4, abs=1e-7
+            )
+            assert {r.reason for r in nexts.lists[n]} == {RecommendReason.next_in_sequence}
+            asked += 1
+        fold(state, [ev], interest)
+    served.close()
+    assert asked == len(events) - len(states)
+
+    def unions(sequence: SequenceWeights | None) -> list[RankGroup]:
+        groups: list[RankGroup] = []
+        rng = np.random.default_rng(0)
+        replay(
+            events,
+            stage,
+            cfg,
+            interest,
+            rng,
+            Steps(None),
+            "r",
+            groups=groups,
+            validate_after=events[0].ts,
+            sequence=sequence,
+        )
+        return groups
+
+    with_seq, without = unions(art.sequence), unions(None)
+    assert len(with_seq) == len(without) > 0
+    added = 0
+    for g, plain in zip(with_seq, without, strict=True):
+        assert g.seq >= 0 and plain.seq == -1
+        if g.pos < 0:
+            continue
+        proposed = {r.item_id for r in nexts.lists[g.seq]}
+        assert proposed <= set(g.ids), "a next item is missing from the replayed union"
+        added += len(proposed - set(plain.ids)) if plain.pos >= 0 else 0
+    assert added > 0, "the sequence source added nothing the other sources lacked"
